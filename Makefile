@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make test` and `make demo`.
+# Both set up everything on a fresh Debian machine (venv, Docker engine, sandbox image).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+AIRLOCK := $(VENV)/bin/airlock
+STAMP := $(VENV)/.installed
+
+.PHONY: setup venv docker image test demo bench clean
+
+setup: venv docker image
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+docker:
+	bash scripts/ensure-docker.sh
+
+image: venv docker
+	$(AIRLOCK) image build
+
+test: setup
+	$(PY) -m pytest tests
+
+demo: setup
+	$(AIRLOCK) demo
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	$(AIRLOCK) gc --all || true
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,99 @@
+"""`make bench`: airlock's speed next to a baseline measured in the same run, on this machine.
+
+1. Tool-call round trip: the persistent tool server (one attached exec for the whole run) versus one
+   `docker exec` per call, both running `bash -c true` in the same sandbox.
+2. Start-up: from launching `airlock run` to the first model request reaching the (scripted) API,
+   versus a bare `docker run --rm <image> true`.
+Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+
+from orchestrator.config import new_run_id
+from orchestrator.demo import CALCULATOR_REPO
+from orchestrator.image import DEFAULT_IMAGE
+from orchestrator.sandbox import Sandbox, SandboxSpec
+from orchestrator.scripted_model import ScriptedMessagesAPI, reply, text
+
+CALLS = 60
+STARTS = 5
+
+
+def _ms(seconds: list[float]) -> str:
+    return f"median {statistics.median(seconds) * 1000:7.1f} ms   (min {min(seconds) * 1000:.1f}, max {max(seconds) * 1000:.1f}, n={len(seconds)})"
+
+
+def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[float]]:
+    with Sandbox(client, SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}")) as sandbox:
+        sandbox.copy_in(CALCULATOR_REPO)
+        sandbox.install_tools()
+        channel = sandbox.start_tool_server()
+        server, per_exec = [], []
+        for _ in range(CALLS):
+            started = time.perf_counter()
+            channel.call("run_bash", {"command": "true"}, timeout=30)
+            server.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            sandbox.container.exec_run(["bash", "-c", "true"], user="1000:1000", workdir="/workspace")
+            per_exec.append(time.perf_counter() - started)
+        channel.close()
+    return server, per_exec
+
+
+def time_to_first_request() -> list[float]:
+    times = []
+    for _ in range(STARTS):
+        first = threading.Event()
+
+        def answer(request: dict) -> dict:
+            first.set()
+            return reply(text("done"))(request)
+
+        with ScriptedMessagesAPI([answer]) as api, tempfile.TemporaryDirectory() as out:
+            env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url}
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", str(Path(out) / "run")],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            first.wait(120)
+            times.append(time.perf_counter() - started)
+            proc.wait(120)
+    return times
+
+
+def bare_container_start(client: docker.DockerClient) -> list[float]:
+    times = []
+    for _ in range(STARTS):
+        started = time.perf_counter()
+        client.containers.run(DEFAULT_IMAGE, ["true"], remove=True, network_mode="none", labels={"airlock.bench": "1"})
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    client = docker.from_env()
+    print(f"airlock bench on {os.cpu_count()} cores, image {DEFAULT_IMAGE}\n")
+    server, per_exec = tool_round_trip(client)
+    print("tool call round trip (bash -c true)")
+    print(f"  airlock persistent tool server   {_ms(server)}")
+    print(f"  baseline: one docker exec a call {_ms(per_exec)}")
+    print(f"  speed-up: {statistics.median(per_exec) / statistics.median(server):.1f}x\n")
+    print("start-up")
+    print(f"  airlock run -> first model request {_ms(time_to_first_request())}")
+    print(f"  baseline: docker run --rm true     {_ms(bare_container_start(client))}")
+
+
+if __name__ == "__main__":
+    main()

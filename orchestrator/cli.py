@@ -1,0 +1,203 @@
+"""The `airlock` command line. Every failure ends with one clear line and a documented exit code.
+
+Exit codes: 0 completed; 1 the agent stopped without success; 2 bad usage or input;
+3 sandbox or Docker error; 4 model API error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+
+from orchestrator.config import RunConfig, check_out_dir, check_positive, check_repo, new_run_id, parse_size, read_task
+from orchestrator.errors import AirlockError
+from orchestrator.model import DEFAULT_MODEL, AnthropicModel, require_api_key
+from orchestrator.record import RunRecord
+
+app = typer.Typer(
+    name="airlock",
+    help="Run a coding agent on a repo inside a hardened, network-less Docker sandbox; get the change back as a patch.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+image_app = typer.Typer(help="Build the sandbox image.")
+app.add_typer(image_app, name="image")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback(invoke_without_command=True)
+@image_app.callback(invoke_without_command=True)
+def _help_without_command(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        console.print(ctx.get_help())
+
+
+def _default_image() -> str:
+    from orchestrator.image import DEFAULT_IMAGE
+
+    return DEFAULT_IMAGE
+
+
+@app.command()
+def run(
+    repo: Annotated[Path, typer.Argument(help="The repository folder to work on (never modified).")],
+    task: Annotated[Optional[str], typer.Option(help="What the agent should do.")] = None,
+    task_file: Annotated[Optional[Path], typer.Option(help="Read the task from this file.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: ./airlock-runs/<run-id>].")] = None,
+    model: Annotated[str, typer.Option(help="Claude model name.")] = DEFAULT_MODEL,
+    max_steps: Annotated[int, typer.Option(help="Most model requests before the run stops.")] = 50,
+    command_timeout: Annotated[float, typer.Option(help="Seconds before one shell command is killed.")] = 120.0,
+    timeout: Annotated[float, typer.Option(help="Wall-clock limit of the whole run, in seconds.")] = 3600.0,
+    cpus: Annotated[float, typer.Option(help="CPU limit of the sandbox.")] = 2.0,
+    memory: Annotated[str, typer.Option(help="Memory limit of the sandbox (no swap), e.g. 4g.")] = "4g",
+    disk: Annotated[str, typer.Option(help="Size of the sandbox's writable workspace, e.g. 2g (counts toward memory).")] = "2g",
+    pids: Annotated[int, typer.Option(help="Most processes in the sandbox.")] = 512,
+    image: Annotated[Optional[str], typer.Option(help="Sandbox image [default: airlock-sandbox:latest].")] = None,
+    verify: Annotated[Optional[str], typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
+) -> None:
+    """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
+    config = _run_config(repo, task, task_file, out, model, max_steps, command_timeout, timeout, cpus, memory, disk, pids, image, verify)
+    require_api_key()
+    record = _execute(config, AnthropicModel(config.model))
+    _print_outputs(config.out)
+    raise typer.Exit(record.exit_code)
+
+
+def _run_config(repo, task, task_file, out, model, max_steps, command_timeout, timeout, cpus, memory, disk, pids, image, verify) -> RunConfig:  # noqa: ANN001
+    check_positive(max_steps, "--max-steps")
+    check_positive(command_timeout, "--command-timeout")
+    check_positive(timeout, "--timeout")
+    check_positive(cpus, "--cpus", minimum=0.1)
+    check_positive(pids, "--pids", minimum=16)
+    run_id = new_run_id()
+    return RunConfig(
+        repo=check_repo(repo),
+        task=read_task(task, task_file),
+        out=check_out_dir(out or Path("airlock-runs") / run_id),
+        run_id=run_id,
+        model=model,
+        image=image or _default_image(),
+        max_steps=max_steps,
+        command_timeout=command_timeout,
+        timeout=timeout,
+        cpus=cpus,
+        memory=parse_size(memory, "--memory", minimum=128 * 1024**2),
+        disk=parse_size(disk, "--disk", minimum=16 * 1024**2),
+        pids=pids,
+        verify=verify,
+    )
+
+
+def _execute(config: RunConfig, model: AnthropicModel, banner: str | None = None) -> RunRecord:
+    from orchestrator.runner import Run
+
+    return Run(config, model, console).execute(banner)
+
+
+def _print_outputs(out: Path) -> None:
+    console.print(f"outputs: {out / 'patch.diff'} · {out / 'run.json'} · {out / 'trajectory.jsonl'}", markup=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: ./airlock-runs/demo-<run-id>].")] = None,
+) -> None:
+    """Fix the bundled calculator exercise: with Claude if ANTHROPIC_API_KEY is set, else with a scripted demo model."""
+    from orchestrator.demo import CALCULATOR_REPO, CALCULATOR_TASK, TEST_COMMAND, calculator_script
+    from orchestrator.scripted_model import ScriptedMessagesAPI
+
+    run_id = new_run_id()
+    config = RunConfig(
+        repo=CALCULATOR_REPO, task=CALCULATOR_TASK, out=check_out_dir(out or Path("airlock-runs") / f"demo-{run_id}"),
+        run_id=run_id, model=DEFAULT_MODEL, image=_default_image(), max_steps=20, verify=TEST_COMMAND,
+    )  # fmt: skip
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        record = _execute(config, AnthropicModel(config.model))
+    else:
+        with ScriptedMessagesAPI(calculator_script()) as api:
+            scripted = AnthropicModel("airlock-demo-script", api_key="demo-no-key", base_url=api.base_url)
+            banner = "DEMO MODEL: scripted replies served locally, no API key, no API calls (set ANTHROPIC_API_KEY to use Claude)"
+            record = _execute(RunConfig(**{**vars(config), "model": scripted.model}), scripted, banner)
+    patch = (config.out / "patch.diff").read_text(encoding="utf-8", errors="replace")
+    console.rule(f"patch.diff ({config.out / 'patch.diff'})")
+    console.print(Syntax(patch, "diff", theme="ansi_dark") if patch else "(empty patch)")
+    console.print(f"apply it to a copy with: airlock apply {config.out / 'patch.diff'} --repo <copy of {CALCULATOR_REPO}>")
+    raise typer.Exit(record.exit_code)
+
+
+@app.command()
+def apply(
+    patch: Annotated[Path, typer.Argument(help="A patch.diff written by airlock.")],
+    repo: Annotated[Path, typer.Option(help="The repository to apply it to.")],
+    allow_dirty: Annotated[bool, typer.Option(help="Apply even if the repo has uncommitted changes.")] = False,
+    check: Annotated[bool, typer.Option(help="Only check that the patch applies cleanly.")] = False,
+) -> None:
+    """Apply a patch with `git apply` under a neutral git configuration (the repo's hooks and config never run)."""
+    from orchestrator.apply import apply_patch
+
+    result = apply_patch(patch, repo, allow_dirty=allow_dirty, check_only=check)
+    console.print(result.message, markup=False)
+
+
+@app.command()
+def doctor(
+    image: Annotated[Optional[str], typer.Option(help="Sandbox image to check.")] = None,
+) -> None:
+    """Check the Docker daemon, runc, the sandbox image and the API key, and say what to do about each."""
+    from orchestrator.doctor import render, run_checks
+
+    checks = run_checks(image or _default_image())
+    render(checks, console)
+    raise typer.Exit(0 if all(check.ok or not check.required for check in checks) else 1)
+
+
+@image_app.command("build")
+def image_build(
+    tag: Annotated[Optional[str], typer.Option(help="Image tag [default: airlock-sandbox:latest].")] = None,
+    base: Annotated[str, typer.Option(help="auto, registry (FROM debian:bookworm-slim) or debian-packages (mmdebstrap, no registry).")] = "auto",
+    rebuild: Annotated[bool, typer.Option(help="Build even if an up-to-date image exists.")] = False,
+) -> None:
+    """Build the sandbox image; works with no container registry by building the base from Debian packages."""
+    from orchestrator.image import build_image
+
+    built = build_image(tag or _default_image(), base=base, rebuild=rebuild, log=lambda line: console.print(line, style="dim", markup=False))
+    console.print(f"sandbox image {built.tag}: " + (f"built in {built.seconds:.0f} s" if built.built else "up to date"))
+
+
+@app.command()
+def gc(
+    all_: Annotated[bool, typer.Option("--all", help="Remove every airlock sandbox, not only those whose airlock process is gone.")] = False,
+) -> None:
+    """Remove sandbox containers left behind by airlock processes that were killed."""
+    from orchestrator.docker_client import docker_client
+    from orchestrator.sandbox import remove_stale
+
+    removed = remove_stale(docker_client(), everything=all_)
+    console.print(f"removed {len(removed)} sandbox container(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
+def main() -> None:
+    """Console entry point: Typer/Click usage errors and our own errors become one line on stderr."""
+    try:
+        code = app(prog_name="airlock", standalone_mode=False)
+    except typer.TyperException as exc:  # Click's usage errors (unknown option, bad type, missing argument)
+        err_console.print(f"airlock: error: {exc.format_message()}", markup=False)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("airlock: interrupted", markup=False)
+        sys.exit(130)
+    except AirlockError as exc:
+        err_console.print(f"airlock: error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("airlock: interrupted", markup=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

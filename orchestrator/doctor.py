@@ -1,0 +1,233 @@
+"""`airlock doctor`: is this machine ready to run the sandbox, and is it safe to?
+
+run_checks returns plain data; render shows it. Nothing here prints a secret.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from orchestrator.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
+from orchestrator.errors import SandboxError
+from orchestrator.image import DEFAULT_IMAGE, image_info
+
+# runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
+# "Leaky Vessels"): a process in the container can reach the host filesystem through it.
+RUNC_FIXED = (1, 1, 12)
+RUNC_CVE = "CVE-2024-21626"
+# Distribution builds with the fix backported to an older upstream version (full package versions).
+RUNC_BACKPORTS = {
+    "1.1.5+ds1-1+deb12u1",  # Debian 12 bookworm, DSA-5615-1
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # what to do when not ok; empty when ok
+    # False for warnings and information: the lead may still exit 0 when only these fail.
+    required: bool = True
+
+
+def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
+    """All checks, in the order a person would fix them."""
+    checks: list[Check] = []
+    try:
+        client = docker_client()
+    except DockerUnreachable as exc:
+        checks.append(
+            Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", UNREACHABLE_FIX)
+        )
+        skipped = "skipped: Docker is not reachable"
+        checks += [
+            Check("runc", False, skipped, required=False),
+            Check("sandbox image", False, skipped, f"after Docker works: airlock image build --tag {image}"),
+            Check("gVisor (runsc)", True, skipped, required=False),
+        ]
+    else:
+        try:
+            info, version = client.info(), client.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            checks.append(
+                Check("Docker daemon", False, f"answers ping but not `info`: {exc}", "restart dockerd")
+            )
+        else:
+            checks.append(_daemon_check(info, version))
+            checks.append(_runc_check(info, version))
+            checks.append(_image_check(client, image))
+            checks.append(_gvisor_check(info))
+        finally:
+            client.close()
+    checks.append(_api_key_check())
+    return checks
+
+
+def _daemon_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
+    cgroup = info.get("CgroupVersion") or "?"
+    detail = (
+        f"Docker {version.get('Version', '?')}, API {version.get('ApiVersion', '?')}, "
+        f"storage {info.get('Driver', '?')}, cgroup v{cgroup} ({info.get('CgroupDriver', '?')})"
+    )
+    return Check("Docker daemon", True, detail)
+
+
+def runc_versions(info: dict[str, Any], version: dict[str, Any]) -> list[str]:
+    """What the daemon says about its runc, most specific first.
+
+    Debian and Ubuntu report the package version (with its security suffix) as the commit;
+    upstream builds report "1.1.12" and "v1.1.12-0-g51d5e94"; some report only a hash.
+    """
+    found: list[str] = []
+    for component in version.get("Components") or []:
+        if str(component.get("Name", "")).lower() == "runc":
+            found += [
+                str((component.get("Details") or {}).get("GitCommit") or ""),
+                str(component.get("Version") or ""),
+            ]
+    found.append(str((info.get("RuncCommit") or {}).get("ID") or ""))
+    return list(dict.fromkeys(v for v in found if v))
+
+
+def runc_is_fixed(versions: list[str]) -> bool | None:
+    """True if this runc has the CVE-2024-21626 fix, False if not, None if no version is readable."""
+    verdict = None
+    for v in versions:
+        if v in RUNC_BACKPORTS or _host_package_has_fix(v):
+            return True
+        m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", v)
+        if m:
+            if tuple(int(x) for x in m.groups()) >= RUNC_FIXED:
+                return True
+            verdict = False
+    return verdict
+
+
+def _host_package_has_fix(full_version: str) -> bool:
+    """When the daemon's runc is this host's Debian/Ubuntu package, its changelog names the CVEs it fixes."""
+    if shutil.which("dpkg-query") is None:
+        return False
+    try:
+        installed = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "runc"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if installed != full_version:
+            return False
+        with gzip.open(Path("/usr/share/doc/runc/changelog.Debian.gz"), "rt", errors="replace") as f:
+            return RUNC_CVE in f.read()
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _runc_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
+    versions = runc_versions(info, version)
+    runtime = info.get("DefaultRuntime", "runc")
+    if not versions:
+        return Check(
+            "runc", False, "the daemon did not report a runc version", "check `docker info`", required=False
+        )
+    shown = versions[0]
+    fixed = runc_is_fixed(versions)
+    if fixed:
+        return Check(
+            "runc", True, f"{shown} (default runtime {runtime}); has the {RUNC_CVE} fix", required=False
+        )
+    if fixed is None:
+        return Check(
+            "runc",
+            False,
+            f"cannot tell whether runc {shown} has the {RUNC_CVE} fix",
+            "make sure runc is 1.1.12 or newer",
+            required=False,
+        )
+    return Check(
+        "runc",
+        False,
+        f'runc {shown} is older than 1.1.12 and open to {RUNC_CVE} ("Leaky Vessels"): a process in a '
+        "container can escape to the host filesystem through a leaked file descriptor",
+        "upgrade runc to 1.1.12 or newer (the runc or containerd.io package, e.g. "
+        "`apt-get install --only-upgrade runc`), then restart dockerd",
+        required=False,
+    )
+
+
+def _image_check(client: docker.DockerClient, image: str) -> Check:
+    fix = f"airlock image build --tag {image}" if image != DEFAULT_IMAGE else "airlock image build"
+    try:
+        info = image_info(client, image)
+    except (docker.errors.DockerException, requests.exceptions.RequestException, SandboxError) as exc:
+        return Check("sandbox image", False, f"cannot inspect {image}: {exc}", fix)
+    if not info.present:
+        return Check("sandbox image", False, f"{image} is not built", fix)
+    short = (info.image_id or "")[7:19]
+    if info.probe_error:
+        return Check(
+            "sandbox image",
+            False,
+            f"{image} ({short}) does not start: {info.probe_error}",
+            fix + " --rebuild",
+        )
+    missing = [name for name, found in info.tools.items() if not found]
+    if missing:
+        return Check(
+            "sandbox image", False, f"{image} ({short}) lacks {', '.join(missing)}", fix + " --rebuild"
+        )
+    if not info.up_to_date:
+        return Check(
+            "sandbox image", False, f"{image} ({short}) is out of date with sandbox_image/Dockerfile", fix
+        )
+    tools = ", ".join(info.tools)
+    return Check("sandbox image", True, f"{image} ({short}), base {info.base_mode}, has {tools}")
+
+
+def _gvisor_check(info: dict[str, Any]) -> Check:
+    # Informational: runc with airlock's hardening is the supported default; gVisor adds a kernel boundary.
+    if "runsc" in (info.get("Runtimes") or {}):
+        return Check("gVisor (runsc)", True, "registered with the daemon", required=False)
+    return Check("gVisor (runsc)", True, "not registered (optional; runc is used)", required=False)
+
+
+def _api_key_check() -> Check:
+    if os.environ.get("ANTHROPIC_API_KEY", "").strip():
+        return Check("ANTHROPIC_API_KEY", True, "set")
+    return Check(
+        "ANTHROPIC_API_KEY",
+        False,
+        "not set: `airlock run` cannot call the model",
+        "export ANTHROPIC_API_KEY=...  (or try `airlock demo`, which needs no key)",
+    )
+
+
+def render(checks: list[Check], console: Any) -> None:
+    """A rich table: one row per check, the fix under each failing one."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("", width=4)
+    table.add_column("check", style="bold")
+    table.add_column("result")
+    for check in checks:
+        if check.ok:
+            mark = Text("ok", style="green")
+        elif check.required:
+            mark = Text("FAIL", style="bold red")
+        else:
+            mark = Text("warn", style="yellow")
+        result = Text(check.detail)
+        if not check.ok and check.fix:
+            result.append("\nfix: ", style="dim").append(check.fix, style="cyan")
+        table.add_row(mark, check.name, result)
+    console.print(table)

@@ -1,0 +1,74 @@
+"""run.json: the summary of one run, written when it starts and again when it ends."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["running", "completed", "verify_failed", "max_steps", "timeout", "model_error", "sandbox_error", "interrupted"]
+
+EXIT_CODES: dict[str, int] = {
+    "completed": 0,
+    "verify_failed": 1,
+    "max_steps": 1,
+    "timeout": 1,
+    "model_error": 4,
+    "sandbox_error": 3,
+    "interrupted": 130,
+}
+
+
+class UsageRecord(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class PatchRecord(BaseModel):
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    changes: list[dict[str, Any]] = Field(default_factory=list)
+    refused: list[dict[str, str]] = Field(default_factory=list)
+    exported: bool = False
+
+
+class VerifyRecord(BaseModel):
+    command: str
+    exit_code: int | None = None
+    passed: bool = False
+    output_tail: str = ""
+    skipped: str | None = None
+
+
+class RunRecord(BaseModel):
+    run_id: str
+    status: Status = "running"
+    repo: str
+    task: str
+    model: str
+    started_at: str
+    duration_s: float = 0.0
+    steps: int = 0
+    tool_calls: int = 0
+    usage: UsageRecord = Field(default_factory=UsageRecord)
+    patch: PatchRecord = Field(default_factory=PatchRecord)
+    verify: VerifyRecord | None = None
+    sandbox: dict[str, Any] = Field(default_factory=dict)
+    snapshot: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+    def save(self, out_dir: Path) -> None:
+        """Write run.json atomically, so a reader never sees half a file."""
+        tmp = out_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, out_dir / "run.json")

@@ -1,0 +1,41 @@
+"""trajectory.jsonl: every model request and response and every tool call, appended as the run goes.
+
+One JSON object per line with a `type`, the seconds since the run started (`t`) and the format
+`version` on the first line. Each line is flushed at once, so a crash keeps everything up to it.
+Requests are recorded as the messages added since the previous request (the rest is unchanged), so
+the file grows with the conversation rather than with its square.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+
+
+class Trajectory:
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", encoding="utf-8")
+        self._start = time.monotonic()
+
+    def write(self, type_: str, **fields: Any) -> None:
+        event = {"type": type_, "t": round(time.monotonic() - self._start, 3), **fields}
+        self._file.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """All events of a trajectory file (a torn last line from a crash is skipped)."""
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events

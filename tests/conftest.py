@@ -1,0 +1,115 @@
+"""Shared fixtures: real Docker, the real CLI in a subprocess, and the scripted Messages API server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from orchestrator.demo import CALCULATOR_REPO
+from orchestrator.sandbox import LABEL
+from orchestrator.scripted_model import ScriptedMessagesAPI, Turn
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    return docker.from_env()
+
+
+def _airlock_containers(client: docker.DockerClient) -> list[str]:
+    return [c.name for c in client.containers.list(all=True, filters={"label": LABEL})]
+
+
+@pytest.fixture(autouse=True)
+def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test must leave no airlock sandbox behind (found by label)."""
+    client = docker.from_env()
+    before = set(_airlock_containers(client))
+    yield
+    leftover = set(_airlock_containers(client)) - before
+    for name in leftover:  # clean up so one leak does not fail every later test, then fail this one
+        client.containers.get(name).remove(force=True)
+    assert not leftover, f"{request.node.name} left sandbox containers behind: {sorted(leftover)}"
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+    out: Path
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return json.loads((self.out / "run.json").read_text())
+
+    @property
+    def patch(self) -> bytes:
+        return (self.out / "patch.diff").read_bytes()
+
+    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
+        lines = (self.out / "trajectory.jsonl").read_text().splitlines()
+        events = [json.loads(line) for line in lines]
+        return [e for e in events if type_ is None or e["type"] == type_]
+
+
+def airlock_env(base_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env.update(ANTHROPIC_API_KEY="test-key-not-secret", COLUMNS="200", **extra)
+    if base_url:
+        env["ANTHROPIC_BASE_URL"] = base_url
+    return env
+
+
+def airlock(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Invoke the real CLI as a user would (`python -m orchestrator ...`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env or airlock_env(), timeout=timeout, cwd=PROJECT
+    )
+
+
+@pytest.fixture
+def run_scripted(tmp_path: Path):
+    """Run `airlock run REPO --task ... --out ...` against a scripted model; returns (Result, api)."""
+
+    def run(repo: Path, turns: list[Turn], *extra: str, task: str = "Do the task.") -> tuple[Result, ScriptedMessagesAPI]:
+        out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+        with ScriptedMessagesAPI(turns) as api:
+            proc = airlock("run", str(repo), "--task", task, "--out", str(out), *extra, env=airlock_env(api.base_url))
+        return Result(proc.returncode, proc.stdout, proc.stderr, out), api
+
+    return run
+
+
+@pytest.fixture
+def calculator_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "calculator"
+    shutil.copytree(CALCULATOR_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[str, int | None, bytes]]:
+    """Every file, folder and symlink below root (outside .git): kind, exec bit, content or link target."""
+    snapshot: dict[str, tuple[str, int | None, bytes]] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel == ".git" or rel.startswith(".git/") or "__pycache__" in rel:
+            continue
+        if path.is_symlink():
+            snapshot[rel] = ("link", None, os.readlink(path).encode())
+        elif path.is_dir():
+            snapshot[rel] = ("dir", None, b"")
+        else:
+            snapshot[rel] = ("file", path.stat().st_mode & 0o100, path.read_bytes())
+    return snapshot

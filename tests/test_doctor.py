@@ -1,0 +1,73 @@
+"""`airlock doctor` checks, against the real Docker daemon and the image the suite's setup built."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from orchestrator.doctor import Check, render, run_checks, runc_is_fixed
+from orchestrator.image import DEFAULT_IMAGE
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {check.name: check for check in checks}
+
+
+def test_daemon_and_image_ok_and_missing_key_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    checks = by_name(run_checks(DEFAULT_IMAGE))
+
+    assert checks["Docker daemon"].ok, checks["Docker daemon"].detail
+    assert "API" in checks["Docker daemon"].detail and "cgroup" in checks["Docker daemon"].detail
+    assert checks["sandbox image"].ok, checks["sandbox image"].detail
+    assert checks["gVisor (runsc)"].ok  # informational either way
+    key = checks["ANTHROPIC_API_KEY"]
+    assert not key.ok and key.required
+    assert "export ANTHROPIC_API_KEY" in key.fix and "airlock demo" in key.fix
+
+
+def test_api_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-ant-test-do-not-print-0123456789"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    checks = run_checks(DEFAULT_IMAGE)
+    console = Console(record=True, width=200)
+    render(checks, console)
+
+    assert by_name(checks)["ANTHROPIC_API_KEY"].ok
+    assert secret not in console.export_text()
+    assert all(secret not in f"{c.detail} {c.fix}" for c in checks)
+
+
+def test_missing_image_says_how_to_build_it() -> None:
+    check = by_name(run_checks("airlock-sandbox:does-not-exist"))["sandbox image"]
+
+    assert not check.ok
+    assert "airlock image build" in check.fix
+
+
+def test_unreachable_daemon_is_one_clear_failure(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-docker.sock")
+    checks = by_name(run_checks(DEFAULT_IMAGE))
+
+    daemon = checks["Docker daemon"]
+    assert not daemon.ok
+    assert "not reachable" in daemon.detail and "no-such-docker.sock" in daemon.detail
+    assert "make setup" in daemon.fix
+    assert not checks["sandbox image"].ok
+
+
+@pytest.mark.parametrize(
+    ("versions", "fixed"),
+    [
+        (["1.1.12"], True),
+        (["v1.1.12-0-g51d5e94", "1.1.12"], True),
+        (["1.2.0"], True),
+        (["1.1.11"], False),
+        (["1.0.0-rc93"], False),
+        (["1.1.5+ds1-1+deb12u1", "1.1.5+ds1"], True),  # Debian's backport of the fix
+        (["51d5e94601ceffbbd85688df1c928ecccbfa4685"], None),
+        ([], None),
+    ],
+)
+def test_runc_leaky_vessels_versions(versions: list[str], fixed: bool | None) -> None:
+    assert runc_is_fixed(versions) is fixed

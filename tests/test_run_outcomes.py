@@ -1,0 +1,128 @@
+"""How runs end: every status and exit code, with the work done so far kept and no container left."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import airlock, airlock_env
+from orchestrator.scripted_model import ApiError, reply, text, tool_use
+
+FIX = tool_use("edit_file", path="calculator.py", old_str="return a + b\n\n\ndef subtract", new_str="return a + b  # checked\n\n\ndef subtract")
+
+
+def test_non_retryable_api_error_ends_as_model_error_and_keeps_the_work(run_scripted, calculator_repo: Path) -> None:
+    turns = [reply(FIX), ApiError(400, "prompt is too long: 210000 tokens > 200000 maximum", "invalid_request_error")]
+    result, api = run_scripted(calculator_repo, turns)
+    assert result.exit_code == 4
+    record = result.record
+    assert record["status"] == "model_error"
+    assert "prompt is too long: 210000 tokens > 200000 maximum" in record["error"]
+    assert "prompt is too long" in result.stdout  # shown to the user
+    assert b"+    return a + b  # checked" in result.patch  # nothing lost
+    assert record["patch"]["files_changed"] == 1 and record["steps"] == 2
+    assert len(api.requests) == 2  # a 400 is not retried
+
+
+def test_rate_limits_and_overload_are_retried_by_the_sdk(run_scripted, calculator_repo: Path) -> None:
+    fast = {"retry-after-ms": "10"}
+    turns = [ApiError(429, "rate limited", "rate_limit_error", fast), ApiError(529, "overloaded", "overloaded_error", fast), reply(text("done"))]
+    result, api = run_scripted(calculator_repo, turns)
+    assert result.exit_code == 0, result.stdout
+    assert result.record["status"] == "completed" and len(api.requests) == 3
+
+
+def test_persistent_overload_becomes_model_error(run_scripted, calculator_repo: Path) -> None:
+    overloaded = ApiError(529, "Overloaded", "overloaded_error", {"retry-after-ms": "5"})
+    result, api = run_scripted(calculator_repo, [overloaded] * 10)
+    assert result.exit_code == 4
+    assert "Overloaded" in result.record["error"]
+    assert len(api.requests) == 5  # the first try and four retries
+
+
+def test_step_limit_stops_the_run_and_exports_the_patch(run_scripted, calculator_repo: Path) -> None:
+    turns = [reply(FIX), *[reply(tool_use("run_bash", command="true")) for _ in range(5)]]
+    result, api = run_scripted(calculator_repo, turns, "--max-steps", "3")
+    assert result.exit_code == 1
+    assert result.record["status"] == "max_steps" and result.record["steps"] == 3
+    assert b"# checked" in result.patch
+    assert len(api.requests) == 3
+
+
+def test_wall_clock_timeout_ends_the_run(run_scripted, calculator_repo: Path) -> None:
+    turns = [reply(FIX, tool_use("run_bash", command="sleep 300")), reply(text("never reached"))]
+    result, _ = run_scripted(calculator_repo, turns, "--timeout", "6", "--command-timeout", "120")
+    assert result.exit_code == 1
+    assert result.record["status"] == "timeout"
+    assert result.record["duration_s"] < 60
+    assert b"# checked" in result.patch
+
+
+def test_verify_failure_is_recorded(run_scripted, calculator_repo: Path) -> None:
+    result, _ = run_scripted(calculator_repo, [reply(text("I did nothing."))], "--verify", "python3 -m pytest -q -p no:cacheprovider")
+    assert result.exit_code == 1
+    verify = result.record["verify"]
+    assert result.record["status"] == "verify_failed"
+    assert verify["passed"] is False and verify["exit_code"] == 1 and "3 failed" in verify["output_tail"]
+
+
+def test_bad_tool_calls_come_back_as_errors_the_model_can_fix(run_scripted, calculator_repo: Path) -> None:
+    turns = [
+        reply(tool_use("launch_missiles", target="moon")),
+        reply(tool_use("read_file")),
+        reply(tool_use("read_file", path="calculator.py", start_line="first")),
+        reply(tool_use("edit_file", path="calculator.py", old_str="return a", new_str="return b")),
+        reply(tool_use("read_file", path="no/such/file.py")),
+        reply(text("giving up")),
+    ]
+    result, api = run_scripted(calculator_repo, turns)
+    assert result.exit_code == 0
+    calls = result.events("tool_call")
+    assert all(call["is_error"] for call in calls)
+    assert "Unknown tool 'launch_missiles'" in calls[0]["output"]
+    assert "path" in calls[1]["output"] and "Field required" in calls[1]["output"]
+    assert "start_line" in calls[2]["output"]
+    assert "3" in calls[3]["output"]  # old_str occurs three times
+    # Each error went back to the model as an is_error tool_result with the matching id.
+    for request, call in zip(api.requests[1:], calls):
+        [result_block] = request["messages"][-1]["content"]
+        assert result_block["tool_use_id"] == call["id"] and result_block["is_error"] is True
+
+
+def test_max_tokens_continues_the_turn(run_scripted, calculator_repo: Path) -> None:
+    cut = reply(text("Let me write the file"), tool_use("write_file", path="half.txt"), stop_reason="max_tokens")
+    result, api = run_scripted(calculator_repo, [cut, reply(text("done"))])
+    assert result.exit_code == 0 and result.record["status"] == "completed"
+    answer = api.requests[1]["messages"][-1]["content"]
+    assert answer[0]["type"] == "tool_result" and answer[0]["is_error"] is True and "cut off" in answer[0]["content"]
+    assert answer[1]["type"] == "text" and "continue" in answer[1]["text"].lower()
+    assert result.patch == b""  # the incomplete call was not run
+
+
+def test_unexpected_stop_reason_is_a_clear_model_error(run_scripted, calculator_repo: Path) -> None:
+    result, _ = run_scripted(calculator_repo, [reply(text("I can't help with that."), stop_reason="refusal")])
+    assert result.exit_code == 4
+    assert "refusal" in result.record["error"]
+
+
+def test_prompt_caching_marks_the_stable_prefix_and_the_moving_tail(run_scripted, calculator_repo: Path) -> None:
+    turns = [reply(tool_use("run_bash", command="true")), reply(tool_use("run_bash", command="true")), reply(text("done"))]
+    result, api = run_scripted(calculator_repo, turns)
+    assert result.exit_code == 0
+    for request in api.requests:
+        assert "cache_control" in request["tools"][-1]
+        assert all("cache_control" not in tool for tool in request["tools"][:-1])
+        assert request["system"][-1]["cache_control"] == {"type": "ephemeral"}
+        messages = request["messages"]
+        assert "cache_control" in messages[0]["content"][-1] and "cache_control" in messages[-1]["content"][-1]
+        marked = [m for m in messages if any("cache_control" in block for block in m["content"])]
+        assert len(marked) <= 2  # at most four breakpoints: tools, system, task, tail
+    # The prefix is byte-identical from request to request.
+    assert api.requests[0]["system"] == api.requests[2]["system"] and api.requests[0]["tools"] == api.requests[2]["tools"]
+
+
+def test_unreachable_docker_is_a_clear_exit_3(calculator_repo: Path, tmp_path: Path) -> None:
+    env = airlock_env("http://127.0.0.1:9", DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = airlock("run", str(calculator_repo), "--task", "x", "--out", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 3
+    assert "Docker" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

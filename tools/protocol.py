@@ -1,0 +1,59 @@
+"""The wire format: one JSON object per line in, exactly one JSON line out per request."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# json.dumps(ensure_ascii=False) leaves these raw, and str.splitlines() would split on them.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+class BadRequest(Exception):
+    """A line that is not a usable request; `request_id` is echoed when it could be read."""
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int | None
+    tool: str
+    args: dict[str, Any]
+
+
+def parse_request(line: bytes) -> Request:
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed request line (expected one JSON object): {exc}") from None
+    if not isinstance(message, dict):
+        raise BadRequest("malformed request: expected a JSON object")
+    request_id = message.get("id")
+    if request_id is not None and (not isinstance(request_id, int) or isinstance(request_id, bool)):
+        raise BadRequest("malformed request: 'id' must be an integer")
+    tool = message.get("tool")
+    if not isinstance(tool, str):
+        raise BadRequest("malformed request: 'tool' must be a string", request_id)
+    args = message.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadRequest("malformed request: 'args' must be a JSON object", request_id)
+    return Request(request_id, tool, args)
+
+
+def encode_line(message: dict[str, Any]) -> bytes:
+    """One protocol line: UTF-8 JSON with no raw line break inside, ending in a newline."""
+    text = json.dumps(message, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        text = text.replace(char, escaped)  # these can only occur inside JSON strings
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (e.g. echoed from the request): ASCII JSON escapes it
+        return (json.dumps(message) + "\n").encode("ascii")

@@ -2,17 +2,20 @@
 
 The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself and retries 408/409/429/5xx/529 with
 backoff (honouring retry-after); what still fails is a `ModelError` carrying the API's own message.
+Importing the SDK takes over a second, so it happens on a background thread while the sandbox starts.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
-from anthropic.types import Message
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types import Message
 
 from orchestrator.errors import ModelError, UsageError
 
@@ -47,8 +50,14 @@ def require_api_key() -> None:
 class AnthropicModel:
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4) -> None:
         self.model = model
-        self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries)
         self.usage = Usage()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anthropic-import")
+        self._client: Future[anthropic.Anthropic] = pool.submit(_make_client, api_key, base_url, max_retries)
+        pool.shutdown(wait=False)
+
+    @property
+    def client(self) -> anthropic.Anthropic:
+        return self._client.result()
 
     @property
     def base_url(self) -> str:
@@ -71,6 +80,8 @@ class AnthropicModel:
         }
 
     def complete(self, body: dict[str, Any], timeout: float) -> Message:
+        import anthropic
+
         try:
             response = self.client.messages.create(**body, timeout=timeout)
         except anthropic.APITimeoutError:
@@ -81,6 +92,12 @@ class AnthropicModel:
             raise ModelError(f"cannot reach the model API at {self.base_url}: {exc.__cause__ or exc}") from None
         self.usage.add(response.usage)
         return response
+
+
+def _make_client(api_key: str | None, base_url: str | None, max_retries: int) -> anthropic.Anthropic:
+    import anthropic
+
+    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries)
 
 
 def _cache_marked(message: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -659,8 +660,10 @@ def _section_label(section: bytes) -> str:
     return label if len(label) <= 120 else label[:117] + "..."
 
 
-def check_patch(raw: bytes) -> CheckedPatch:
-    """Split `raw` into per-file sections, keep the safe ones byte-exact and refuse the rest."""
+def check_patch(raw: bytes, refuse: Callable[[FileChange], str | None] = lambda change: None) -> CheckedPatch:
+    """Split `raw` into per-file sections, keep the safe ones byte-exact and refuse the rest.
+
+    `refuse` adds the caller's own rules (a policy): it returns the reason to drop a well-formed change, or None."""
     preamble, sections = _split_sections(raw)
     result = CheckedPatch(patch=b"")
     if preamble.strip():
@@ -674,6 +677,9 @@ def check_patch(raw: bytes) -> CheckedPatch:
         except _Unparseable as exc:
             result.refused.append(Refusal(path=_section_label(section), reason=UNPARSEABLE, detail=str(exc)))
         else:
+            if reason := refuse(change):
+                result.refused.append(Refusal(path=display_str(change.path) or "", reason=reason))
+                continue
             kept.append(section)
             result.changes.append(change)
     result.patch = b"".join(kept)

@@ -9,13 +9,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["running", "completed", "verify_failed", "max_steps", "timeout", "model_error", "sandbox_error", "interrupted"]
+Status = Literal[
+    "running", "completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "patch_rejected",
+    "model_error", "sandbox_error", "interrupted",
+]  # fmt: skip
 
 EXIT_CODES: dict[str, int] = {
     "completed": 0,
     "verify_failed": 1,
     "max_steps": 1,
     "timeout": 1,
+    "budget_exceeded": 1,
+    "patch_rejected": 1,
     "model_error": 4,
     "sandbox_error": 3,
     "interrupted": 130,
@@ -57,10 +62,13 @@ class RunRecord(BaseModel):
     steps: int = 0
     tool_calls: int = 0
     usage: UsageRecord = Field(default_factory=UsageRecord)
+    cost_usd: float | None = None  # None when the model's price is unknown: never guessed
     patch: PatchRecord = Field(default_factory=PatchRecord)
     verify: VerifyRecord | None = None
     sandbox: dict[str, Any] = Field(default_factory=dict)
     snapshot: dict[str, Any] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)  # the effective policy
+    policy_events: list[dict[str, Any]] = Field(default_factory=list)  # every limit hit and refusal
     error: str | None = None
 
     @property

@@ -51,6 +51,9 @@ class Trace:
     def note(self, message: str) -> None:
         self.console.print(f"[dim]{escape(message)}[/]")
 
+    def policy_event(self, message: str) -> None:
+        self.console.print(f"[bold yellow]⚠ {escape(message)}[/]")
+
     def model_turn(self, step: int, content: list[dict[str, Any]]) -> None:
         self.console.rule(f"[dim]step {step}[/]", style="dim")
         for block in content:
@@ -71,9 +74,10 @@ class Trace:
             f"cache write {usage.cache_creation_input_tokens:,} · out {usage.output_tokens:,}"
         )
         change = f"{patch.files_changed} files changed, +{patch.insertions} -{patch.deletions}"
+        cost = "cost unknown" if record.cost_usd is None else f"${record.cost_usd:.4f}"
         style = STATUS_STYLE.get(record.status, "bold red")
         self.console.print(
-            f"[{style}]■ {record.status}[/] · {record.steps} steps · {record.tool_calls} tool calls · {tokens} · {change} · {record.duration_s:.1f} s"
+            f"[{style}]■ {record.status}[/] · {record.steps} steps · {record.tool_calls} tool calls · {tokens} · {cost} · {change} · {record.duration_s:.1f} s"
         )
         if record.verify is not None:
             verdict = record.verify.skipped or ("passed" if record.verify.passed else f"failed (exit {record.verify.exit_code})")

@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.channel import ToolChannel
 from orchestrator.errors import ModelError
 from orchestrator.model import AnthropicModel
+from orchestrator.policy_guard import PolicyGuard
 from orchestrator.tool_specs import ToolInputError, tool_definitions, validate_call
 from orchestrator.trace import Trace
 from orchestrator.trajectory import Trajectory
@@ -53,8 +54,10 @@ def cap_text(text: str, limit: int) -> str:
 
 
 class Agent:
-    def __init__(self, model: AnthropicModel, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory):
-        self.model, self.channel, self.limits = model, channel, limits
+    def __init__(
+        self, model: AnthropicModel, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard
+    ) -> None:
+        self.model, self.channel, self.limits, self.guard = model, channel, limits, guard
         self.trace, self.trajectory = trace, trajectory
         self.tools = tool_definitions()
         self.steps = 0
@@ -62,13 +65,17 @@ class Agent:
         self.final_text = ""
 
     def run(self, task: str) -> str:
-        """Run until the model ends its turn or a limit is reached; returns the run status."""
+        """Run until the model ends its turn or a limit is reached; returns the run status.
+
+        Limits are checked between steps, so a step's tool calls are always answered before the run stops."""
         messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": task}]}]
         recorded = 0
         while self.steps < self.limits.max_steps:
             remaining = self.limits.deadline - time.monotonic()
             if remaining <= 0:
                 return "timeout"
+            if self.guard.budget_exceeded(self.model.usage):
+                return "budget_exceeded"
             self.steps += 1
             body = self.model.request(SYSTEM_PROMPT, self.tools, messages)
             self.trajectory.write("model_request", step=self.steps, model=body["model"], new_messages=messages[recorded:])
@@ -110,6 +117,8 @@ class Agent:
             if not runnable:
                 raise ToolInputError("Not run: your reply was cut off before this tool call was complete. Send it again.")
             args = validate_call(call["name"], call["input"])
+            if refusal := self.guard.refuse_tool_call(call["name"], args):
+                raise ToolInputError(refusal)
             timeout = max(1.0, min(args.get("timeout", self.limits.command_timeout), self.limits.deadline - time.monotonic()))
             if call["name"] == "run_bash":
                 args["timeout"] = timeout

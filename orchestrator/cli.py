@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from orchestrator.config import RunConfig, check_out_dir, check_positive, check_repo, new_run_id, parse_size, read_task
+from orchestrator.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
 from orchestrator.errors import AirlockError
 from orchestrator.model import DEFAULT_MODEL, AnthropicModel, require_api_key
 from orchestrator.record import RunRecord
@@ -28,16 +28,20 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="Build the sandbox image.")
 app.add_typer(image_app, name="image")
+policy_app = typer.Typer(help="Show and check policy files.")
+app.add_typer(policy_app, name="policy")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@app.callback(invoke_without_command=True)
-@image_app.callback(invoke_without_command=True)
 def _help_without_command(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
         console.print(ctx.get_help())
+
+
+for _group in (app, image_app, policy_app):
+    _group.callback(invoke_without_command=True)(_help_without_command)
 
 
 def _default_image() -> str:
@@ -53,47 +57,36 @@ def run(
     task_file: Annotated[Optional[Path], typer.Option(help="Read the task from this file.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: ./airlock-runs/<run-id>].")] = None,
     model: Annotated[str, typer.Option(help="Claude model name.")] = DEFAULT_MODEL,
-    max_steps: Annotated[int, typer.Option(help="Most model requests before the run stops.")] = 50,
-    command_timeout: Annotated[float, typer.Option(help="Seconds before one shell command is killed.")] = 120.0,
-    timeout: Annotated[float, typer.Option(help="Wall-clock limit of the whole run, in seconds.")] = 3600.0,
-    cpus: Annotated[float, typer.Option(help="CPU limit of the sandbox.")] = 2.0,
-    memory: Annotated[str, typer.Option(help="Memory limit of the sandbox (no swap), e.g. 4g.")] = "4g",
-    disk: Annotated[str, typer.Option(help="Size of the sandbox's writable workspace, e.g. 2g (counts toward memory).")] = "2g",
-    pids: Annotated[int, typer.Option(help="Most processes in the sandbox.")] = 512,
-    image: Annotated[Optional[str], typer.Option(help="Sandbox image [default: airlock-sandbox:latest].")] = None,
+    policy: Annotated[Optional[Path], typer.Option(help="Policy file (TOML); flags below override it [default: built-in defaults].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Most model requests before the run stops [50].")] = None,
+    command_timeout: Annotated[Optional[float], typer.Option(help="Seconds before one shell command is killed [120].")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit of the whole run, in seconds [3600].")] = None,
+    cpus: Annotated[Optional[float], typer.Option(help="CPU limit of the sandbox [2].")] = None,
+    memory: Annotated[Optional[str], typer.Option(help="Memory limit of the sandbox, no swap [4g].")] = None,
+    disk: Annotated[Optional[str], typer.Option(help="Size of the sandbox workspace; counts toward memory [2g].")] = None,
+    pids: Annotated[Optional[int], typer.Option(help="Most processes in the sandbox [512].")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Sandbox image [airlock-sandbox:latest].")] = None,
     verify: Annotated[Optional[str], typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
 ) -> None:
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
-    config = _run_config(repo, task, task_file, out, model, max_steps, command_timeout, timeout, cpus, memory, disk, pids, image, verify)
-    require_api_key()
-    record = _execute(config, AnthropicModel(config.model))
-    _print_outputs(config.out)
-    raise typer.Exit(record.exit_code)
+    from orchestrator.policy import load_policy
 
-
-def _run_config(repo, task, task_file, out, model, max_steps, command_timeout, timeout, cpus, memory, disk, pids, image, verify) -> RunConfig:  # noqa: ANN001
-    check_positive(max_steps, "--max-steps")
-    check_positive(command_timeout, "--command-timeout")
-    check_positive(timeout, "--timeout")
-    check_positive(cpus, "--cpus", minimum=0.1)
-    check_positive(pids, "--pids", minimum=16)
+    overrides = dict(max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image)
+    effective = load_policy(policy).with_overrides(**overrides)
     run_id = new_run_id()
-    return RunConfig(
+    config = RunConfig(
         repo=check_repo(repo),
         task=read_task(task, task_file),
         out=check_out_dir(out or Path("airlock-runs") / run_id),
         run_id=run_id,
         model=model,
-        image=image or _default_image(),
-        max_steps=max_steps,
-        command_timeout=command_timeout,
-        timeout=timeout,
-        cpus=cpus,
-        memory=parse_size(memory, "--memory", minimum=128 * 1024**2),
-        disk=parse_size(disk, "--disk", minimum=16 * 1024**2),
-        pids=pids,
+        policy=effective,
         verify=verify,
     )
+    require_api_key()
+    record = _execute(config, AnthropicModel(config.model))
+    _print_outputs(config.out)
+    raise typer.Exit(record.exit_code)
 
 
 def _execute(config: RunConfig, model: AnthropicModel, banner: str | None = None) -> RunRecord:
@@ -114,10 +107,12 @@ def demo(
     from orchestrator.demo import CALCULATOR_REPO, CALCULATOR_TASK, TEST_COMMAND, calculator_script
     from orchestrator.scripted_model import ScriptedMessagesAPI
 
+    from orchestrator.policy import load_policy
+
     run_id = new_run_id()
     config = RunConfig(
         repo=CALCULATOR_REPO, task=CALCULATOR_TASK, out=check_out_dir(out or Path("airlock-runs") / f"demo-{run_id}"),
-        run_id=run_id, model=DEFAULT_MODEL, image=_default_image(), max_steps=20, verify=TEST_COMMAND,
+        run_id=run_id, model=DEFAULT_MODEL, policy=load_policy(None).with_overrides(max_steps=20), verify=TEST_COMMAND,
     )  # fmt: skip
     if os.environ.get("ANTHROPIC_API_KEY"):
         record = _execute(config, AnthropicModel(config.model))
@@ -170,6 +165,23 @@ def image_build(
 
     built = build_image(tag or _default_image(), base=base, rebuild=rebuild, log=lambda line: console.print(line, style="dim", markup=False))
     console.print(f"sandbox image {built.tag}: " + (f"built in {built.seconds:.0f} s" if built.built else "up to date"))
+
+
+@policy_app.command("show")
+def policy_show(file: Annotated[Optional[Path], typer.Argument(help="Policy file [default: built-in defaults].")] = None) -> None:
+    """Print the effective policy as TOML."""
+    from orchestrator.policy import load_policy
+
+    console.print(load_policy(file).to_toml(), markup=False, end="")
+
+
+@policy_app.command("check")
+def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to validate.")]) -> None:
+    """Validate a policy file (exit 0 if valid, 2 with the file, line and key if not)."""
+    from orchestrator.policy import load_policy
+
+    load_policy(file)
+    console.print(f"{file}: ok", markup=False)
 
 
 @app.command()

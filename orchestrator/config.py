@@ -7,8 +7,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.policy import Policy
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -36,14 +40,7 @@ class RunConfig:
     out: Path
     run_id: str
     model: str
-    image: str
-    max_steps: int = 50
-    command_timeout: float = 120.0
-    timeout: float = 3600.0
-    cpus: float = 2.0
-    memory: int = 4 * 1024**3
-    disk: int = 2 * 1024**3
-    pids: int = 512
+    policy: Policy  # the effective policy: the file's, with command-line flags applied
     verify: str | None = None
 
 
@@ -74,8 +71,3 @@ def check_out_dir(out: Path) -> Path:
     if (out / "run.json").exists():
         raise UsageError(f"{out} already holds a run; choose another --out folder")
     return out.resolve()
-
-
-def check_positive(value: float, what: str, *, minimum: float = 1) -> None:
-    if value < minimum:
-        raise UsageError(f"{what} must be at least {minimum:g}, not {value:g}")

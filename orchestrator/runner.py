@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.agent import Agent, Limits
 from orchestrator.channel import ToolChannel
@@ -24,6 +25,7 @@ from orchestrator.docker_client import docker_client
 from orchestrator.errors import ModelError, SandboxError
 from orchestrator.model import AnthropicModel
 from orchestrator.patch import check_patch
+from orchestrator.policy_guard import PolicyGuard
 from orchestrator.record import PatchRecord, RunRecord, VerifyRecord
 from orchestrator.sandbox import Sandbox, SandboxSpec, remove_stale
 from orchestrator.trace import Trace
@@ -56,14 +58,12 @@ class Run:
         self.model = model
         self.trace = Trace(console)
         self.console = console
-        self.spec = SandboxSpec(
-            image=config.image, run_id=config.run_id, cpus=config.cpus, memory=config.memory,
-            disk=config.disk, pids=config.pids, command_timeout=config.command_timeout,
-        )  # fmt: skip
+        self.spec = SandboxSpec.from_policy(config.policy, config.run_id)
+        self.guard = PolicyGuard(config.policy, config.model, notify=self.trace.policy_event)
         self.record = RunRecord(
             run_id=config.run_id, repo=str(config.repo), task=config.task, model=config.model,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), sandbox=self.spec.record(),
-            verify=VerifyRecord(command=config.verify) if config.verify else None,
+            verify=VerifyRecord(command=config.verify) if config.verify else None, policy=config.policy.to_record(),
         )  # fmt: skip
         self.agent: Agent | None = None
 
@@ -79,19 +79,9 @@ class Run:
         sandbox: Sandbox | None = None
         channel: ToolChannel | None = None
         try:
-            client = docker_client()
-            for stale in remove_stale(client):
-                self.trace.note(f"removed sandbox {stale} left by an airlock process that is gone")
-            sandbox = Sandbox(client, self.spec)
-            sandbox.start()
-            snapshot = sandbox.copy_in(self.config.repo, exclude=self.config.out)
-            self.record.snapshot = {"files": snapshot.files, "bytes": snapshot.bytes, "skipped": snapshot.skipped}
-            sandbox.install_tools()
-            sandbox.record_baseline()
-            channel = sandbox.start_tool_server()
-            limits = Limits(self.config.max_steps, self.config.command_timeout, deadline=started + self.config.timeout)
-            self.agent = Agent(self.model, channel, limits, self.trace, trajectory)
-            self.record.status = self.agent.run(self.config.task)
+            sandbox = self._start_sandbox()
+            channel = self._prepare(sandbox)
+            self._run_agent(channel, trajectory, deadline=started + self.config.policy.limits.timeout)
         except KeyboardInterrupt:
             self._fail("interrupted", "interrupted by the user (Ctrl-C)")
         except ModelError as exc:
@@ -110,6 +100,32 @@ class Run:
                 trajectory.close()
         self.trace.summary(self.record)
         return self.record
+
+    def _start_sandbox(self) -> Sandbox:
+        client = docker_client()
+        for stale in remove_stale(client):
+            self.trace.note(f"removed sandbox {stale} left by an airlock process that is gone")
+        sandbox = Sandbox(client, self.spec)
+        sandbox.start()
+        return sandbox
+
+    def _prepare(self, sandbox: Sandbox) -> ToolChannel:
+        """Copy the repo in (without hidden paths), install the tools, record the baseline, start the tool server."""
+        snapshot = sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
+        self.record.snapshot = vars(snapshot)
+        sandbox.install_tools()
+        sandbox.record_baseline()
+        return sandbox.start_tool_server()
+
+    def _run_agent(self, channel: ToolChannel, trajectory: Trajectory, deadline: float) -> None:
+        limits = self.config.policy.limits
+        agent_limits = Limits(limits.max_steps, limits.command_timeout, deadline, limits.max_output_chars)
+        self.agent = Agent(self.model, channel, agent_limits, self.trace, trajectory, self.guard)
+        self.record.status = self.agent.run(self.config.task)  # type: ignore[assignment]
+        if self.record.status == "max_steps":
+            self.guard.record("limits.max_steps", f"the run reached max_steps = {limits.max_steps}")
+        elif self.record.status == "timeout":
+            self.guard.record("limits.timeout", f"the run reached its wall-clock limit of {limits.timeout:g} s")
 
     def _fail(self, status: str, error: str) -> None:
         self.record.status = status  # type: ignore[assignment]
@@ -133,21 +149,35 @@ class Run:
                 self.record.error = self.record.error or str(exc)
 
     def _export(self, sandbox: Sandbox) -> None:
-        checked = check_patch(sandbox.export_patch(timeout=EXPORT_TIMEOUT_S))
-        (self.config.out / "patch.diff").write_bytes(checked.patch)
+        checked = check_patch(sandbox.export_patch(timeout=EXPORT_TIMEOUT_S), refuse=self.guard.refuse_change)
         details = checked.to_record()
         self.record.patch = PatchRecord(**checked.stats(), changes=details["changes"], refused=details["refused"], exported=True)
         for refusal in checked.refused:
-            self.console.print(f"[red]refused from the patch:[/] {refusal.path}: {refusal.reason}")
+            self.console.print(f"[red]refused from the patch:[/] {escape(refusal.path)}: {escape(refusal.reason)}")
+        if too_large := self._over_patch_limits(checked.patch, len(checked.changes)):
+            # Kept for inspection, but not handed out as the run's patch.
+            (self.config.out / "patch.rejected.diff").write_bytes(checked.patch)
+            self.guard.record("limits.patch", f"{too_large}; kept as patch.rejected.diff, patch.diff left empty")
+            self._fail("patch_rejected", too_large)
+            return
+        (self.config.out / "patch.diff").write_bytes(checked.patch)
+
+    def _over_patch_limits(self, patch: bytes, files: int) -> str | None:
+        limits = self.config.policy.limits
+        if len(patch) > limits.max_patch_bytes:
+            return f"the patch is {len(patch):,} bytes, over the policy's max_patch_bytes of {limits.max_patch_bytes:,}"
+        if files > limits.max_patch_files:
+            return f"the patch changes {files} files, over the policy's max_patch_files of {limits.max_patch_files}"
+        return None
 
     def _verify(self, channel: ToolChannel) -> None:
         verify = self.record.verify
         assert verify is not None
-        if self.record.status not in ("completed", "max_steps", "model_error"):
+        if self.record.status not in ("completed", "max_steps", "budget_exceeded", "model_error"):
             verify.skipped = f"not run: the run ended with {self.record.status}"
             return
         self.trace.note(f"verify: {verify.command}")
-        timeout = self.config.command_timeout
+        timeout = self.config.policy.limits.command_timeout
         reply = channel.call("run_bash", {"command": verify.command, "timeout": timeout}, timeout=timeout + 15)
         verify.exit_code = reply.meta.get("exit_code")
         verify.passed = verify.exit_code == 0
@@ -163,4 +193,6 @@ class Run:
         if self.agent is not None:
             record.steps, record.tool_calls = self.agent.steps, self.agent.tool_calls
         record.usage = record.usage.model_validate(vars(self.model.usage))
+        record.cost_usd = self.guard.cost(self.model.usage)
+        record.policy_events = self.guard.events
         record.save(self.config.out)

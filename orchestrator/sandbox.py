@@ -16,6 +16,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 import docker.errors
@@ -26,8 +27,10 @@ from orchestrator.channel import ExecResult, ToolChannel, run_exec
 from orchestrator.errors import SandboxError
 from orchestrator.snapshot import SnapshotStats, write_tar
 
+if TYPE_CHECKING:
+    from orchestrator.policy import Policy
+
 LABEL = "airlock.sandbox"
-SANDBOX_USER = "1000:1000"
 WORKSPACE = "/workspace"
 TOOLS_DIR = "/opt/airlock/tools"
 BASELINE_GIT_DIR = "/var/lib/airlock/baseline.git"
@@ -60,6 +63,16 @@ class SandboxSpec:
     pids: int = 512
     command_timeout: float = 120.0
     max_output_bytes: int = 30_000
+    runtime: str = "runc"
+    user: str = "1000:1000"
+
+    @classmethod
+    def from_policy(cls, policy: Policy, run_id: str) -> SandboxSpec:
+        limits = policy.limits
+        return cls(
+            image=policy.sandbox.image, run_id=run_id, cpus=limits.cpus, memory=limits.memory, disk=limits.disk,
+            pids=limits.pids, command_timeout=limits.command_timeout, runtime=policy.sandbox.runtime, user=policy.sandbox.user,
+        )  # fmt: skip
 
     def record(self) -> dict[str, object]:
         return {
@@ -69,10 +82,13 @@ class SandboxSpec:
             "disk": self.disk,
             "pids_limit": self.pids,
             "network": "none",
+            "runtime": self.runtime,
+            "user": self.user,
         }
 
 
 def _tmpfs(size: int, *, owner: str | None = None, mode: str = "0755", exec_: bool = True) -> str:
+    """Mount options of a size-limited tmpfs (owned by `owner`, "uid:gid", when given)."""
     opts = ["rw", "nosuid", "nodev", "exec" if exec_ else "noexec", f"size={size}", f"mode={mode}"]
     if owner:
         uid, gid = owner.split(":")
@@ -107,6 +123,8 @@ class Sandbox:
         self.ready = False  # the baseline is recorded, so a patch can be exported
 
     def start(self) -> None:
+        if self.spec.runtime != "runc" and self.spec.runtime not in self.client.info().get("Runtimes", {}):
+            raise SandboxError(f"the container runtime {self.spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
         try:
             self.container = self.client.containers.create(**self.create_kwargs())
             self.container.start()
@@ -129,8 +147,9 @@ class Sandbox:
         return dict(
             image=spec.image,
             command=["sleep", "infinity"],
-            user=SANDBOX_USER,
+            user=spec.user,
             working_dir=WORKSPACE,
+            runtime=spec.runtime,
             environment=SANDBOX_ENV,
             hostname="sandbox",
             labels=owner_labels(spec.run_id),
@@ -139,10 +158,10 @@ class Sandbox:
             security_opt=["no-new-privileges:true"],
             read_only=True,
             tmpfs={
-                WORKSPACE: _tmpfs(spec.disk, owner=SANDBOX_USER),
-                "/var/lib/airlock": _tmpfs(spec.disk, owner=SANDBOX_USER, exec_=False),
+                WORKSPACE: _tmpfs(spec.disk, owner=spec.user),
+                "/var/lib/airlock": _tmpfs(spec.disk, owner=spec.user, exec_=False),
                 "/tmp": _tmpfs(512 * 1024**2, mode="1777"),
-                "/home/airlock": _tmpfs(256 * 1024**2, owner=SANDBOX_USER),
+                "/home/airlock": _tmpfs(256 * 1024**2, owner=spec.user),
                 # Root-owned, so the agent cannot swap the tool code under the server.
                 "/opt/airlock": _tmpfs(16 * 1024**2, exec_=False),
             },
@@ -163,20 +182,20 @@ class Sandbox:
         return self.container.id
 
     def _exec(
-        self, cmd: list[str], *, user: str = SANDBOX_USER, feed_stdin: Callable[[Callable[[bytes], None]], object] | None = None, timeout: float = 300.0
+        self, cmd: list[str], *, user: str | None = None, feed_stdin: Callable[[Callable[[bytes], None]], object] | None = None, timeout: float = 300.0
     ) -> ExecResult:
-        result = run_exec(self.client.api, self.id, cmd, user=user, feed_stdin=feed_stdin, timeout=timeout)
+        result = run_exec(self.client.api, self.id, cmd, user=user or self.spec.user, feed_stdin=feed_stdin, timeout=timeout)
         if result.exit_code != 0:
             detail = result.stderr.strip().splitlines()
             raise SandboxError(f"`{' '.join(cmd[:4])}` failed in the sandbox" + (f": {detail[-1]}" if detail else ""))
         return result
 
-    def copy_in(self, repo: Path, *, exclude: Path | None = None) -> SnapshotStats:
-        """Stream the repo's working tree into /workspace (`exclude`: the run's own output folder, if inside)."""
+    def copy_in(self, repo: Path, *, exclude: Path | None = None, hidden: list[str] = ()) -> SnapshotStats:
+        """Stream the repo's working tree into /workspace, without `hidden` paths or `exclude` (the run's output folder)."""
         stats: list[SnapshotStats] = []
         self._exec(
             ["tar", "-x", "--no-same-owner", "-f", "-", "-C", WORKSPACE],
-            feed_stdin=lambda send: stats.append(write_tar(repo, send, exclude=exclude)),
+            feed_stdin=lambda send: stats.append(write_tar(repo, send, exclude=exclude, hidden=list(hidden))),
         )
         return stats[0]
 
@@ -199,7 +218,7 @@ class Sandbox:
             "--max-output-bytes", str(self.spec.max_output_bytes),
             "--command-timeout", str(self.spec.command_timeout),
         ]  # fmt: skip
-        return ToolChannel(self.client.api, self.id, cmd, user=SANDBOX_USER)
+        return ToolChannel(self.client.api, self.id, cmd, user=self.spec.user)
 
     def remove(self) -> None:
         """Remove this run's container, found by its run label too (a create cut short by Ctrl-C may have no handle)."""
@@ -221,8 +240,7 @@ def remove_stale(client: docker.DockerClient, *, everything: bool = False) -> li
     host = socket.gethostname()
     removed = []
     for container in client.containers.list(all=True, filters={"label": LABEL}):
-        labels = container.labels
-        if not everything and (labels.get("airlock.host") != host or _alive(labels.get("airlock.pid", ""))):
+        if not everything and (container.labels.get("airlock.host") != host or owner_alive(container.labels)):
             continue
         try:
             container.remove(force=True, v=True)
@@ -237,7 +255,9 @@ def _docker_message(exc: docker.errors.DockerException) -> str:
     return str(explanation or exc)
 
 
-def _alive(pid: str) -> bool:
+def owner_alive(labels: dict[str, str]) -> bool:
+    """Whether the airlock process that created a sandbox (per its labels) is still running on this host."""
+    pid = labels.get("airlock.pid", "")
     if not pid.isdigit():
         return False
     try:
@@ -246,4 +266,8 @@ def _alive(pid: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed process its parent has not reaped yet still answers signal 0, but it is dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

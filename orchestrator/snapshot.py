@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from orchestrator.policy import path_matches
+
 
 @dataclass
 class SnapshotStats:
     files: int = 0
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)  # special files and unreadable entries
+    hidden: list[str] = field(default_factory=list)  # left out by the policy's [paths] hidden globs
 
 
 class _ChunkWriter:
@@ -33,14 +36,23 @@ class _ChunkWriter:
         return len(data)
 
 
-def _walk(root: Path, exclude: Path | None) -> Iterator[tuple[Path, os.stat_result]]:
+def _walk(root: Path, exclude: Path | None, hidden: list[str], stats: SnapshotStats) -> Iterator[tuple[Path, os.stat_result]]:
     """Yield (relative path, lstat) for every entry below root, parents before children, without following links."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         base = Path(dirpath)
-        dirnames[:] = sorted(name for name in dirnames if base / name != exclude)
-        for name in dirnames + sorted(filenames):
+        kept = []
+        for name in sorted(dirnames) + sorted(filenames):
             path = base / name
-            yield path.relative_to(root), path.lstat()
+            rel = path.relative_to(root)
+            if path == exclude:
+                continue
+            if hidden and path_matches(rel.as_posix(), hidden):
+                stats.hidden.append(rel.as_posix())
+                continue
+            if name in dirnames:
+                kept.append(name)
+            yield rel, path.lstat()
+        dirnames[:] = kept
 
 
 def _member(rel: Path, st: os.stat_result) -> tarfile.TarInfo:
@@ -53,11 +65,11 @@ def _member(rel: Path, st: os.stat_result) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(root: Path, send: Callable[[bytes], None], *, exclude: Path | None = None) -> SnapshotStats:
+def write_tar(root: Path, send: Callable[[bytes], None], *, exclude: Path | None = None, hidden: list[str] = ()) -> SnapshotStats:
     """Stream root's working tree (files, folders, symlinks as links) as a tar archive through `send`."""
     stats = SnapshotStats()
     with tarfile.open(fileobj=_ChunkWriter(send), mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        for rel, st in _walk(root, exclude):
+        for rel, st in _walk(root, exclude, list(hidden), stats):
             info = _member(rel, st)
             content: BinaryIO | None = None
             if stat.S_ISDIR(st.st_mode):

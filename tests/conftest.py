@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from orchestrator.demo import CALCULATOR_REPO
-from orchestrator.sandbox import LABEL
+from orchestrator.sandbox import LABEL, owner_alive
 from orchestrator.scripted_model import ScriptedMessagesAPI, Turn
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -27,17 +27,18 @@ def docker_client() -> docker.DockerClient:
     return docker.from_env()
 
 
-def _airlock_containers(client: docker.DockerClient) -> list[str]:
-    return [c.name for c in client.containers.list(all=True, filters={"label": LABEL})]
+def _orphaned_sandboxes(client: docker.DockerClient) -> list[str]:
+    """Sandboxes whose airlock process is gone (a running airlock elsewhere on the machine is not a leak)."""
+    return [c.name for c in client.containers.list(all=True, filters={"label": LABEL}) if not owner_alive(c.labels)]
 
 
 @pytest.fixture(autouse=True)
 def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test must leave no airlock sandbox behind (found by label)."""
     client = docker.from_env()
-    before = set(_airlock_containers(client))
+    before = set(_orphaned_sandboxes(client))
     yield
-    leftover = set(_airlock_containers(client)) - before
+    leftover = set(_orphaned_sandboxes(client)) - before
     for name in leftover:  # clean up so one leak does not fail every later test, then fail this one
         client.containers.get(name).remove(force=True)
     assert not leftover, f"{request.node.name} left sandbox containers behind: {sorted(leftover)}"

@@ -7,6 +7,7 @@ Exit codes: 0 completed; 1 the agent stopped without success; 2 bad usage or inp
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -212,4 +213,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("airlock: interrupted", markup=False)
         sys.exit(130)
+    finally:  # the work is saved by now: a late Ctrl-C must not turn a clean exit into a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ runs with Ctrl-C deferred, and each of its steps is time-bounded, so it always c
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import traceback
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
+from docker.errors import DockerException
 from rich.console import Console
 from rich.markup import escape
 
@@ -24,7 +26,7 @@ from orchestrator.config import RunConfig
 from orchestrator.docker_client import docker_client
 from orchestrator.errors import ModelError, SandboxError
 from orchestrator.model import AnthropicModel
-from orchestrator.patch import check_patch
+from orchestrator.patch import Refusal, check_patch
 from orchestrator.policy_guard import PolicyGuard
 from orchestrator.record import PatchRecord, RunRecord, VerifyRecord
 from orchestrator.sandbox import Sandbox, SandboxSpec, remove_stale
@@ -50,6 +52,15 @@ def interrupts_deferred(console: Console) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _unrecorded_refusals(messages: list[str]) -> list[Refusal]:
+    """One refusal per path git could not record, named from git's messages ("invalid path 'x'")."""
+    by_path: dict[str, str] = {}
+    for message in messages:
+        quoted = re.search(r"'([^']*)'", message)
+        by_path.setdefault(quoted.group(1) if quoted else message, message)
+    return [Refusal(path=path, reason="git cannot record this path in a patch", detail=detail) for path, detail in by_path.items()]
 
 
 class Run:
@@ -98,13 +109,16 @@ class Run:
                 self._close_record(started)
                 trajectory.write("run_end", status=self.record.status, error=self.record.error)
                 trajectory.close()
-        self.trace.summary(self.record)
+                self.trace.summary(self.record)
         return self.record
 
     def _start_sandbox(self) -> Sandbox:
         client = docker_client()
-        for stale in remove_stale(client):
-            self.trace.note(f"removed sandbox {stale} left by an airlock process that is gone")
+        try:
+            for stale in remove_stale(client):
+                self.trace.note(f"removed sandbox {stale} left by an airlock process that is gone")
+        except DockerException as exc:  # tidying up after others must never end this run
+            self.trace.note(f"could not remove stale sandboxes: {exc}")
         sandbox = Sandbox(client, self.spec)
         sandbox.start()
         return sandbox
@@ -149,7 +163,9 @@ class Run:
                 self.record.error = self.record.error or str(exc)
 
     def _export(self, sandbox: Sandbox) -> None:
-        checked = check_patch(sandbox.export_patch(timeout=EXPORT_TIMEOUT_S), refuse=self.guard.refuse_change)
+        raw, unrecorded = sandbox.export_patch(timeout=EXPORT_TIMEOUT_S)
+        checked = check_patch(raw, refuse=self.guard.refuse_change)
+        checked.refused += _unrecorded_refusals(unrecorded)
         details = checked.to_record()
         self.record.patch = PatchRecord(**checked.stats(), changes=details["changes"], refused=details["refused"], exported=True)
         for refusal in checked.refused:

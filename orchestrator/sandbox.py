@@ -187,7 +187,8 @@ class Sandbox:
         result = run_exec(self.client.api, self.id, cmd, user=user or self.spec.user, feed_stdin=feed_stdin, timeout=timeout)
         if result.exit_code != 0:
             detail = result.stderr.strip().splitlines()
-            raise SandboxError(f"`{' '.join(cmd[:4])}` failed in the sandbox" + (f": {detail[-1]}" if detail else ""))
+            what = " ".join(arg for arg in cmd if not arg.startswith("-"))[:100]
+            raise SandboxError(f"`{what}` failed in the sandbox" + (f": {detail[-1]}" if detail else ""))
         return result
 
     def copy_in(self, repo: Path, *, exclude: Path | None = None, hidden: list[str] = ()) -> SnapshotStats:
@@ -207,10 +208,12 @@ class Sandbox:
         self._exec([*PYTHON, f"{TOOLS_DIR}/baseline.py", "init", "--root", WORKSPACE, "--git-dir", BASELINE_GIT_DIR])
         self.ready = True
 
-    def export_patch(self, timeout: float = 120.0) -> bytes:
-        """The change since the baseline as a binary git diff, made inside the sandbox. Untrusted bytes."""
+    def export_patch(self, timeout: float = 120.0) -> tuple[bytes, list[str]]:
+        """The change since the baseline as a binary git diff (untrusted bytes), and the paths git could not record."""
         cmd = [*PYTHON, f"{TOOLS_DIR}/baseline.py", "export", "--root", WORKSPACE, "--git-dir", BASELINE_GIT_DIR]
-        return self._exec(cmd, timeout=timeout).stdout
+        result = self._exec(cmd, timeout=timeout)
+        unrecorded = [line.removeprefix("unrecorded: ") for line in result.stderr.splitlines() if line.startswith("unrecorded: ")]
+        return result.stdout, unrecorded
 
     def start_tool_server(self) -> ToolChannel:
         cmd = [
@@ -223,12 +226,9 @@ class Sandbox:
     def remove(self) -> None:
         """Remove this run's container, found by its run label too (a create cut short by Ctrl-C may have no handle)."""
         try:
-            found = self.client.containers.list(all=True, filters={"label": f"airlock.run-id={self.spec.run_id}"})
+            found = self.client.containers.list(all=True, filters={"label": f"airlock.run-id={self.spec.run_id}"}, ignore_removed=True)
             for container in {c.id: c for c in [*found, *([self.container] if self.container else [])]}.values():
-                try:
-                    container.remove(force=True, v=True)
-                except docker.errors.NotFound:
-                    pass
+                _remove_container(container)
         except docker.errors.DockerException as exc:
             raise SandboxError(f"could not remove the sandbox of run {self.spec.run_id}: {_docker_message(exc)}") from None
         self.container = None
@@ -239,15 +239,25 @@ def remove_stale(client: docker.DockerClient, *, everything: bool = False) -> li
     """Remove sandboxes whose owning airlock process on this host is gone (or all of them)."""
     host = socket.gethostname()
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
         if not everything and (container.labels.get("airlock.host") != host or owner_alive(container.labels)):
             continue
-        try:
-            container.remove(force=True, v=True)
+        if _remove_container(container):
             removed.append(container.short_id)
-        except docker.errors.NotFound:
-            pass
     return removed
+
+
+def _remove_container(container: Container) -> bool:
+    """Force-remove; False if it is already gone or another airlock process is removing it right now."""
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:  # "removal already in progress"
+            return False
+        raise
+    return True
 
 
 def _docker_message(exc: docker.errors.DockerException) -> str:

@@ -45,7 +45,6 @@ CONFIG = {
     "core.trustctime": "true",  # with checkStat=default: a same-size edit with a forged mtime is still seen
     "core.checkStat": "default",
     "core.ignoreStat": "false",  # true would stop add from noticing edits to tracked files
-    "add.ignoreErrors": "false",  # an unreadable file fails the export instead of silently missing
     "core.quotePath": "true",
     "core.pager": "cat",
     "safe.directory": "*",  # the tree may belong to another uid than the one running us
@@ -98,7 +97,7 @@ class Baseline:
         self._git("init", "--quiet", "--template=")  # no template: no sample hooks, nothing we did not write
         self._git("symbolic-ref", "HEAD", BRANCH)  # works on any git, unlike init --initial-branch
         self._write_info()
-        self._git("add", "--all")
+        self._add_all()
         self._git("commit", "--quiet", "--no-verify", "--allow-empty", "--no-gpg-sign", "-m", "baseline")
         listed = self._git("ls-files", "-z", stdout=subprocess.PIPE)
         return listed.count(b"\0")
@@ -106,9 +105,21 @@ class Baseline:
     def export(self) -> None:
         """Write the binary diff from the baseline to the tree as it is now to our stdout, byte for byte."""
         self._write_info()  # again: whatever ran in the sandbox since init may have changed them
-        self._git("add", "--all")
+        self._add_all()
         sys.stdout.flush()
         self._git(*EXPORT_DIFF, stdout=None)  # inherits our stdout: git's bytes pass through untouched
+
+    def _add_all(self) -> None:
+        """Stage the whole tree. A path git cannot record (a `.GIT` folder, an unreadable file, a nested repo
+        without commits) is skipped and reported on stderr as `unrecorded: <git's message>`, so it never costs
+        the rest of the change: the host names it in the run's record."""
+        done = self._run(["add", "--all", "--ignore-errors"], stdout=_STDERR_FD, stderr=subprocess.PIPE)
+        messages = done.stderr.decode("utf-8", "replace").splitlines()
+        problems = [line.split(":", 1)[1].strip() for line in messages if line.startswith(("error:", "warning:"))]
+        for problem in problems:
+            print(f"unrecorded: {problem}", file=sys.stderr)
+        if done.returncode != 0 and not problems:
+            raise BaselineError(f"git add failed with exit code {done.returncode}: {' '.join(messages)[-300:]}")
 
     def _write_info(self) -> None:
         info = os.path.join(self.git_dir, "info")
@@ -119,19 +130,18 @@ class Baseline:
 
     def _git(self, *args: str, stdout: _Output = _STDERR_FD) -> bytes:
         """Run git on our git dir and the tree; stdout goes to stderr unless asked for (PIPE) or inherited (None)."""
-        options = [f"--git-dir={self.git_dir}", f"--work-tree={self.root}", "--no-pager", "--no-replace-objects"]
-        for key, value in CONFIG.items():
-            options += ["-c", f"{key}={value}"]
-        done = subprocess.run(
-            ["git", *options, *args],
-            cwd=self.root,
-            env=self._env(),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-        )
+        done = self._run(list(args), stdout=stdout)
         if done.returncode != 0:
             raise BaselineError(f"git {args[0]} failed with exit code {done.returncode}")
         return done.stdout or b""
+
+    def _run(self, args: list[str], stdout: _Output, stderr: _Output = None) -> subprocess.CompletedProcess[bytes]:
+        options = [f"--git-dir={self.git_dir}", f"--work-tree={self.root}", "--no-pager", "--no-replace-objects"]
+        for key, value in CONFIG.items():
+            options += ["-c", f"{key}={value}"]
+        return subprocess.run(
+            ["git", *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
 
     def _env(self) -> dict[str, str]:
         """From scratch: no inherited GIT_* variable (GIT_DIR, GIT_CONFIG_COUNT, ...) can reach git."""

@@ -72,6 +72,7 @@ class SandboxSpec:
         return cls(
             image=policy.sandbox.image, run_id=run_id, cpus=limits.cpus, memory=limits.memory, disk=limits.disk,
             pids=limits.pids, command_timeout=limits.command_timeout, runtime=policy.sandbox.runtime, user=policy.sandbox.user,
+            max_output_bytes=limits.max_output_chars,  # the in-sandbox cap on command output, before the host's cap
         )  # fmt: skip
 
     def record(self) -> dict[str, object]:

@@ -111,7 +111,7 @@ def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: 
     assert "No space left on device" in calls["disk_fill"]["output"]
     flood = calls["output_flood"]
     assert flood["meta"]["dropped_bytes"] > 49_000_000 and "bytes of output dropped" in flood["output"]
-    assert len(flood["output"]) < 40_000
+    assert len(flood["output"]) < 51_000  # the default policy keeps 50,000 characters of a tool result
     assert calls["hanging"]["meta"]["timed_out"] is True and calls["hanging"]["is_error"] is True
     assert calls["background"]["duration_s"] < 8 and "started" in calls["background"]["output"]
     assert calls["still_alive"]["output"].startswith("alive\ncalculator.py")

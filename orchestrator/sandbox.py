@@ -35,6 +35,9 @@ WORKSPACE = "/workspace"
 TOOLS_DIR = "/opt/airlock/tools"
 BASELINE_GIT_DIR = "/var/lib/airlock/baseline.git"
 PYTHON = ["python3", "-E", "-s", "-B"]
+# Commands are capped in the sandbox a little below the policy's max_output_chars, leaving room for the
+# dropped-bytes marker and the exit-code footer, so the host's own cap never cuts the result a second time.
+OUTPUT_MARKER_ROOM = 200
 
 # The only environment inside: nothing from the host, never the API key, nothing that waits for input.
 SANDBOX_ENV = {
@@ -72,7 +75,7 @@ class SandboxSpec:
         return cls(
             image=policy.sandbox.image, run_id=run_id, cpus=limits.cpus, memory=limits.memory, disk=limits.disk,
             pids=limits.pids, command_timeout=limits.command_timeout, runtime=policy.sandbox.runtime, user=policy.sandbox.user,
-            max_output_bytes=limits.max_output_chars,  # the in-sandbox cap on command output, before the host's cap
+            max_output_bytes=limits.max_output_chars - OUTPUT_MARKER_ROOM,
         )  # fmt: skip
 
     def record(self) -> dict[str, object]:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # Unset every attribute that makes git transform file contents or run a driver.
+# The sandbox's twin is tools/baseline.ATTRIBUTES (a test keeps them equal; the trust boundary means neither
+# side imports the other).
 NEUTRAL_ATTRIBUTES = b"* -text !eol -filter -ident !working-tree-encoding !diff !merge\n"
 
 # Command-line config has the highest precedence of all config sources.

@@ -13,7 +13,7 @@ import io
 import os
 import socket
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,13 +195,21 @@ class Sandbox:
             raise SandboxError(f"`{what}` failed in the sandbox" + (f": {detail[-1]}" if detail else ""))
         return result
 
-    def copy_in(self, repo: Path, *, exclude: Path | None = None, hidden: list[str] = ()) -> SnapshotStats:
+    def copy_in(self, repo: Path, *, exclude: Path | None = None, hidden: Sequence[str] = ()) -> SnapshotStats:
         """Stream the repo's working tree into /workspace, without `hidden` paths or `exclude` (the run's output folder)."""
         stats: list[SnapshotStats] = []
-        self._exec(
-            ["tar", "-x", "--no-same-owner", "-f", "-", "-C", WORKSPACE],
-            feed_stdin=lambda send: stats.append(write_tar(repo, send, exclude=exclude, hidden=list(hidden))),
-        )
+        try:
+            self._exec(
+                ["tar", "-x", "--no-same-owner", "-f", "-", "-C", WORKSPACE],
+                feed_stdin=lambda send: stats.append(write_tar(repo, send, exclude=exclude, hidden=list(hidden))),
+            )
+        except SandboxError as exc:
+            if stats and stats[0].bytes >= self.spec.disk * 0.9:
+                raise SandboxError(
+                    f"the repo ({stats[0].bytes / 1024**2:.0f} MiB) does not fit in the sandbox workspace "
+                    f"({self.spec.disk / 1024**2:.0f} MiB): raise --disk (and --memory, which it counts toward)"
+                ) from exc
+            raise
         return stats[0]
 
     def install_tools(self) -> None:

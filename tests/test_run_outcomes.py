@@ -126,3 +126,11 @@ def test_unreachable_docker_is_a_clear_exit_3(calculator_repo: Path, tmp_path: P
     assert proc.returncode == 3
     assert "Docker" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_repo_larger_than_the_workspace_is_a_clear_sandbox_error(run_scripted, calculator_repo: Path) -> None:
+    (calculator_repo / "big.bin").write_bytes(b"\0" * (40 * 1024**2))
+    result, api = run_scripted(calculator_repo, [reply(text("never asked"))], "--disk", "32m")
+    assert result.exit_code == 3
+    assert "does not fit in the sandbox workspace" in result.record["error"] and "--disk" in result.record["error"]
+    assert api.requests == []

@@ -751,3 +751,16 @@ def test_baseline_failures_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     assert inside.returncode != 0
     assert b"must be outside --root" in inside.stderr
     assert not (tree / "state.git").exists()
+
+
+def test_sandbox_and_host_neutralise_the_same_git_attributes() -> None:
+    """tools/baseline.py and orchestrator/neutral_git.py cannot import each other (trust boundary): keep them equal."""
+    import importlib.util
+
+    from orchestrator.neutral_git import NEUTRAL_ATTRIBUTES
+
+    spec = importlib.util.spec_from_file_location("sandbox_baseline", TOOLS / "baseline.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.ATTRIBUTES.encode() == NEUTRAL_ATTRIBUTES

@@ -21,6 +21,8 @@ from typing import IO, Any, Union
 BRANCH = "refs/heads/baseline"
 
 # Unset every attribute that transforms content or calls a driver.
+# The host's twin is orchestrator/neutral_git.NEUTRAL_ATTRIBUTES (a test keeps them equal; the trust boundary
+# means neither side imports the other).
 ATTRIBUTES = "* -text !eol -filter -ident !working-tree-encoding !diff !merge\n"
 
 # Build caches that must never reach a patch (in-tree .gitignore files are honoured on purpose).

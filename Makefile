@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AIRLOCK := $(VENV)/bin/airlock
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv docker image test demo bench clean
+.PHONY: setup venv docker image test-deps test demo bench clean
 
 setup: venv docker image
 
@@ -23,7 +23,10 @@ docker:
 image: venv docker
 	$(AIRLOCK) image build
 
-test: setup
+test-deps:
+	bash scripts/ensure-test-deps.sh
+
+test: setup test-deps
 	$(PY) -m pytest tests
 
 demo: setup

@@ -94,7 +94,10 @@ def run_exec(
     max_stdout: int = 512 * 1024 * 1024,
 ) -> ExecResult:
     """Run one command in the container and collect its stdout; `feed_stdin(send)` streams its input."""
-    stream = _Stream(api, container_id, cmd, user=user, stdin=feed_stdin is not None)
+    try:
+        stream = _Stream(api, container_id, cmd, user=user, stdin=feed_stdin is not None)
+    except OSError as exc:  # docker's APIError is one: e.g. the container was removed under the run
+        raise SandboxError(f"could not run `{cmd[0]}` in the sandbox: {getattr(exc, 'explanation', None) or exc}") from None
     deadline = time.monotonic() + timeout
     try:
         if feed_stdin is not None:

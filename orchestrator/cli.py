@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from orchestrator.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
-from orchestrator.errors import AirlockError
+from orchestrator.errors import AirlockError, UsageError
 from orchestrator.model import DEFAULT_MODEL, AnthropicModel, require_api_key
 from orchestrator.record import RunRecord
 
@@ -56,18 +56,21 @@ def run(
     repo: Annotated[Path, typer.Argument(help="The repository folder to work on (never modified).")],
     task: Annotated[Optional[str], typer.Option(help="What the agent should do.")] = None,
     task_file: Annotated[Optional[Path], typer.Option(help="Read the task from this file.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: ./airlock-runs/<run-id>].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: ./airlock-runs/<run-id>).")] = None,
     model: Annotated[str, typer.Option(help="Claude model name.")] = DEFAULT_MODEL,
-    policy: Annotated[Optional[Path], typer.Option(help="Policy file (TOML); flags below override it [default: built-in defaults].")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Most model requests before the run stops [50].")] = None,
-    command_timeout: Annotated[Optional[float], typer.Option(help="Seconds before one shell command is killed [120].")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit of the whole run, in seconds [3600].")] = None,
-    cpus: Annotated[Optional[float], typer.Option(help="CPU limit of the sandbox [2].")] = None,
-    memory: Annotated[Optional[str], typer.Option(help="Memory limit of the sandbox, no swap [4g].")] = None,
-    disk: Annotated[Optional[str], typer.Option(help="Size of the sandbox workspace; counts toward memory [2g].")] = None,
-    pids: Annotated[Optional[int], typer.Option(help="Most processes in the sandbox [512].")] = None,
+    policy: Annotated[Optional[Path], typer.Option(help="Policy file (TOML); flags below override it (default: built-in defaults).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Most model requests before the run stops (default: 50).")] = None,
+    command_timeout: Annotated[Optional[float], typer.Option(help="Seconds before one shell command is killed (default: 120).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit of the whole run, in seconds (default: 3600).")] = None,
+    cpus: Annotated[Optional[float], typer.Option(help="CPU limit of the sandbox (default: 2).")] = None,
+    memory: Annotated[Optional[str], typer.Option(help="Memory limit of the sandbox, no swap (default: 4g).")] = None,
+    disk: Annotated[Optional[str], typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
+    pids: Annotated[Optional[int], typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
     image: Annotated[Optional[str], typer.Option(help="Sandbox image [airlock-sandbox:latest].")] = None,
     verify: Annotated[Optional[str], typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
+    # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
+    stop_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
+    rate_limit_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
     from orchestrator.policy import load_policy
@@ -83,9 +86,10 @@ def run(
         model=model,
         policy=effective,
         verify=verify,
+        stop_file=stop_file,
     )
     require_api_key()
-    record = _execute(config, AnthropicModel(config.model))
+    record = _execute(config, AnthropicModel(config.model, rate_limit_file=rate_limit_file))
     _print_outputs(config.out)
     raise typer.Exit(record.exit_code)
 
@@ -101,8 +105,45 @@ def _print_outputs(out: Path) -> None:
 
 
 @app.command()
+def batch(
+    tasks: Annotated[Path, typer.Argument(help="Tasks: JSON Lines (.jsonl), YAML (.yaml/.yml), or a plain list of repos (one a line, with --task).")],
+    out: Annotated[Path, typer.Option(help="Results folder: OUT/<id>/ per task, summary.json, predictions.jsonl. Re-running resumes.")],
+    jobs: Annotated[int, typer.Option(min=1, help="Tasks running at once, each in its own sandbox.")] = 2,
+    task: Annotated[Optional[str], typer.Option(help="The task for every repo of a plain or YAML list, and for entries without one.")] = None,
+    model: Annotated[str, typer.Option(help="Claude model for tasks that do not name one.")] = DEFAULT_MODEL,
+    policy: Annotated[Optional[Path], typer.Option(help="Policy file for tasks without their own.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Sandbox image for tasks that do not name one.")] = None,
+    verify: Annotated[Optional[str], typer.Option(help="Verify command for tasks that do not give one.")] = None,
+    max_total_cost: Annotated[Optional[float], typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
+    redo: Annotated[bool, typer.Option(help="Run every task again, even those that finished earlier.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Run the valid tasks even if some entries are invalid.")] = False,
+    cache: Annotated[Optional[Path], typer.Option(help="Where git URLs are cloned (default: OUT/.cache/repos).")] = None,
+    allow_protocol: Annotated[Optional[list[str]], typer.Option(help="Git protocol allowed for cloning, repeatable (default: https only).")] = None,
+) -> None:
+    """Run many tasks (repos x task) in parallel sandboxes, resumable, with a live board and a summary."""
+    from orchestrator.batch import BatchOptions, check_protocols, run_batch
+    from orchestrator.batch_tasks import Defaults
+
+    if max_total_cost is not None and not max_total_cost > 0:
+        raise UsageError(f"--max-total-cost must be more than 0, not {max_total_cost:g}")
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout must be more than 0, not {timeout:g}")
+    protocols = check_protocols(allow_protocol or ["https"])
+    defaults = Defaults(
+        task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image,
+        policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
+    )  # fmt: skip
+    options = BatchOptions(
+        out=out.resolve(), jobs=jobs, max_total_cost=max_total_cost, redo=redo, cache=cache.resolve() if cache else None, allowed_protocols=protocols
+    )
+    raise typer.Exit(run_batch(tasks, defaults, options, skip_invalid=skip_invalid, console=console, err_console=err_console))
+
+
+@app.command()
 def demo(
-    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: ./airlock-runs/demo-<run-id>].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: ./airlock-runs/demo-<run-id>).")] = None,
 ) -> None:
     """Fix the bundled calculator exercise: with Claude if ANTHROPIC_API_KEY is set, else with a scripted demo model."""
     from orchestrator.demo import CALCULATOR_REPO, CALCULATOR_TASK, TEST_COMMAND, calculator_script
@@ -157,7 +198,7 @@ def doctor(
 
 @image_app.command("build")
 def image_build(
-    tag: Annotated[Optional[str], typer.Option(help="Image tag [default: airlock-sandbox:latest].")] = None,
+    tag: Annotated[Optional[str], typer.Option(help="Image tag (default: airlock-sandbox:latest).")] = None,
     base: Annotated[str, typer.Option(help="auto, registry (FROM debian:bookworm-slim) or debian-packages (mmdebstrap, no registry).")] = "auto",
     rebuild: Annotated[bool, typer.Option(help="Build even if an up-to-date image exists.")] = False,
 ) -> None:
@@ -169,7 +210,7 @@ def image_build(
 
 
 @policy_app.command("show")
-def policy_show(file: Annotated[Optional[Path], typer.Argument(help="Policy file [default: built-in defaults].")] = None) -> None:
+def policy_show(file: Annotated[Optional[Path], typer.Argument(help="Policy file (default: built-in defaults).")] = None) -> None:
     """Print the effective policy as TOML."""
     from orchestrator.policy import load_policy
 
@@ -195,6 +236,29 @@ def gc(
 
     removed = remove_stale(docker_client(), everything=all_)
     console.print(f"removed {len(removed)} sandbox container(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
+@app.command()
+def review(
+    path: Annotated[Path, typer.Argument(help="A batch results folder (one subfolder per run) or one run's folder.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default: PATH/report.html).")] = None,
+) -> None:
+    """Write a self-contained HTML report of the runs in PATH (no network needed to view it) and print its path."""
+    from orchestrator.report_html import write_report
+    from orchestrator.review_data import load_collection
+
+    typer.echo(str(write_report(load_collection(path), out)))
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="One run's folder (with run.json, patch.diff, trajectory.jsonl).")],
+    max_lines: Annotated[int, typer.Option(help="Most diff lines shown per file.")] = 200,
+) -> None:
+    """Print one run on the terminal: status, what needs attention, diffstat, coloured diff, condensed trajectory."""
+    from orchestrator.review_show import load_single_run, render_run
+
+    render_run(load_single_run(run_dir), console, max_lines=max_lines)
 
 
 def main() -> None:

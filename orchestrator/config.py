@@ -42,6 +42,7 @@ class RunConfig:
     model: str
     policy: Policy  # the effective policy: the file's, with command-line flags applied
     verify: str | None = None
+    stop_file: Path | None = None  # set by `airlock batch`: stop between steps once this file exists
 
 
 def check_repo(repo: Path) -> Path:

@@ -11,6 +11,7 @@ import copy
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,11 +49,14 @@ def require_api_key() -> None:
 
 
 class AnthropicModel:
-    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4) -> None:
+    def __init__(
+        self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None
+    ) -> None:
+        """`rate_limit_file`: a 429 backoff shared with the other runs of a batch (see orchestrator.backoff)."""
         self.model = model
         self.usage = Usage()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anthropic-import")
-        self._client: Future[anthropic.Anthropic] = pool.submit(_make_client, api_key, base_url, max_retries)
+        self._client: Future[anthropic.Anthropic] = pool.submit(_make_client, api_key, base_url, max_retries, rate_limit_file)
         pool.shutdown(wait=False)
 
     @property
@@ -94,10 +98,16 @@ class AnthropicModel:
         return response
 
 
-def _make_client(api_key: str | None, base_url: str | None, max_retries: int) -> anthropic.Anthropic:
+def _make_client(api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> anthropic.Anthropic:
     import anthropic
 
-    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries)
+    http_client = None
+    if rate_limit_file is not None:
+        from orchestrator.backoff import SharedBackoff
+
+        # The SDK's own client defaults (timeouts, limits, keep-alive), plus the shared backoff's hooks.
+        http_client = anthropic.DefaultHttpxClient(event_hooks=SharedBackoff(rate_limit_file).event_hooks())
+    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http_client)
 
 
 def _cache_marked(message: dict[str, Any]) -> dict[str, Any]:

@@ -645,7 +645,7 @@ def _check_section(sec: _Section) -> FileChange:
     )
 
 
-def _split_sections(raw: bytes) -> tuple[bytes, list[bytes]]:
+def split_sections(raw: bytes) -> tuple[bytes, list[bytes]]:
     """(preamble, sections): each section starts at a line beginning with 'diff --git '."""
     starts = [m.start() for m in re.finditer(rb"(?:^|(?<=\n))diff --git ", raw)]
     if not starts:
@@ -664,7 +664,7 @@ def check_patch(raw: bytes, refuse: Callable[[FileChange], str | None] = lambda 
     """Split `raw` into per-file sections, keep the safe ones byte-exact and refuse the rest.
 
     `refuse` adds the caller's own rules (a policy): it returns the reason to drop a well-formed change, or None."""
-    preamble, sections = _split_sections(raw)
+    preamble, sections = split_sections(raw)
     result = CheckedPatch(patch=b"")
     if preamble.strip():
         result.refused.append(Refusal(path="(before the first file)", reason="unexpected text before the first file"))

@@ -10,6 +10,7 @@ import posixpath
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from orchestrator.command_policy import check_command
@@ -34,8 +35,12 @@ def repo_relative(path: str) -> str | None:
 
 
 class PolicyGuard:
-    def __init__(self, policy: Policy, model: str, notify: Callable[[str], None] = lambda message: None) -> None:
+    def __init__(
+        self, policy: Policy, model: str, notify: Callable[[str], None] = lambda message: None, stop_file: Path | None = None
+    ) -> None:
+        """`stop_file`: the batch's budget, shared by its runs (`airlock batch --max-total-cost`); see budget_exceeded."""
         self.policy = policy
+        self.stop_file = stop_file
         self.price = price_for(model, policy.budget.prices)
         if policy.budget.max_cost_usd is not None and self.price is None:
             raise UsageError(
@@ -77,7 +82,14 @@ class PolicyGuard:
         return cost_usd(usage, self.price)
 
     def budget_exceeded(self, usage: Usage) -> str | None:
-        """Which budget the run has used up, if any (checked between steps)."""
+        """Which budget the run has used up, if any (checked between steps).
+
+        A batch's total cost budget spans processes, so its scheduler says "stop" by creating the stop
+        file (holding the reason); this run then stops like on its own budget."""
+        if self.stop_file is not None and self.stop_file.exists():
+            batch_reason = _read_reason(self.stop_file) or "the batch reached its total cost budget (--max-total-cost)"
+            self.record("batch.max_total_cost", batch_reason)
+            return batch_reason
         budget = self.policy.budget
         spent_input = total_input_tokens(usage)
         cost = self.cost(usage)
@@ -102,3 +114,10 @@ class PolicyGuard:
                     self.record(f"paths.{section}", reason)
                     return reason
         return None
+
+
+def _read_reason(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()[:500]
+    except OSError:
+        return ""

@@ -70,7 +70,7 @@ class Run:
         self.trace = Trace(console)
         self.console = console
         self.spec = SandboxSpec.from_policy(config.policy, config.run_id)
-        self.guard = PolicyGuard(config.policy, config.model, notify=self.trace.policy_event)
+        self.guard = PolicyGuard(config.policy, config.model, notify=self.trace.policy_event, stop_file=config.stop_file)
         self.record = RunRecord(
             run_id=config.run_id, repo=str(config.repo), task=config.task, model=config.model,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), sandbox=self.spec.record(),

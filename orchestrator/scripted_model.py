@@ -4,6 +4,8 @@ It backs `airlock demo` (no API key needed) and the test suite: the real `anthro
 over HTTP through `base_url`, so the whole path from the agent loop to the wire is exercised.
 Each request to POST /v1/messages consumes the next turn of the script. A turn is a response body,
 an `ApiError` (an HTTP error the SDK will see), or a function of the request body returning either.
+For several runs at once (`airlock batch`), the script can be a dict of scripts keyed by a marker:
+a request goes to the script whose marker is in its first user message (the task text).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
@@ -68,14 +71,27 @@ def tool_use(name: str, **tool_input: Any) -> dict[str, Any]:
     return {"type": "tool_use", "id": f"toolu_scripted_{next(_ids)}", "name": name, "input": tool_input}
 
 
-class ScriptedMessagesAPI:
-    """Serve the turns in order on 127.0.0.1; `requests` keeps every request body received."""
+def _task_text(request: dict[str, Any]) -> str:
+    content = request.get("messages", [{}])[0].get("content", "")
+    return content if isinstance(content, str) else " ".join(block.get("text", "") for block in content if isinstance(block, dict))
 
-    def __init__(self, turns: Iterable[Turn]) -> None:
-        self._turns = list(turns)
+
+class ScriptedMessagesAPI:
+    """Serve the turns in order on 127.0.0.1; `requests` keeps every request body received.
+
+    `times` and `markers` run parallel to `requests`: when each arrived (time.monotonic()) and which
+    script answered it (None for a plain list of turns)."""
+
+    def __init__(self, turns: Iterable[Turn] | Mapping[str, Iterable[Turn]]) -> None:
+        self._routed = isinstance(turns, Mapping)
+        self._scripts: dict[str | None, list[Turn]] = (
+            {marker: list(script) for marker, script in turns.items()} if isinstance(turns, Mapping) else {None: list(turns)}
+        )
         self._lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.times: list[float] = []
+        self.markers: list[str | None] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -92,12 +108,30 @@ class ScriptedMessagesAPI:
         self._server.shutdown()
         self._server.server_close()
 
+    def for_marker(self, marker: str) -> list[tuple[float, dict[str, Any]]]:
+        """(arrival time, body) of every request the script of `marker` answered."""
+        return [(t, body) for t, body, m in zip(self.times, self.requests, self.markers) if m == marker]
+
+    def _route(self, request: dict[str, Any]) -> str | None:
+        if not self._routed:
+            return None
+        text = _task_text(request)
+        # The longest marker that matches, so "task-1" does not catch the requests of "task-12".
+        found = [marker for marker in self._scripts if marker is not None and marker in text]
+        return max(found, key=len) if found else None
+
     def _next(self, request: dict[str, Any]) -> dict[str, Any] | ApiError:
         with self._lock:
+            marker = self._route(request)
             self.requests.append(request)
-            if not self._turns:
+            self.times.append(time.monotonic())
+            self.markers.append(marker)
+            turns = self._scripts.get(marker)
+            if turns is None:
+                return ApiError(400, "no script of the scripted model matches this task", "invalid_request_error")
+            if not turns:
                 return ApiError(400, "the scripted model has no more replies", "invalid_request_error")
-            turn = self._turns.pop(0)
+            turn = turns.pop(0)
         return turn(request) if callable(turn) else turn
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

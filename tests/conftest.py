@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,7 +30,8 @@ def docker_client() -> docker.DockerClient:
 
 def _orphaned_sandboxes(client: docker.DockerClient) -> list[str]:
     """Sandboxes whose airlock process is gone (a running airlock elsewhere on the machine is not a leak)."""
-    return [c.name for c in client.containers.list(all=True, filters={"label": LABEL}) if not owner_alive(c.labels)]
+    listed = client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
+    return [c.name for c in listed if not owner_alive(c.labels)]
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +42,8 @@ def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     leftover = set(_orphaned_sandboxes(client)) - before
     for name in leftover:  # clean up so one leak does not fail every later test, then fail this one
-        client.containers.get(name).remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(name).remove(force=True)
     assert not leftover, f"{request.node.name} left sandbox containers behind: {sorted(leftover)}"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import UsageError
+from orchestrator.record import PatchRecord, UsageRecord
 from orchestrator.review_diff import FileDiff, file_diffs
 from orchestrator.review_flags import SEVERITY_ORDER, Flag
 
@@ -29,22 +30,6 @@ MAX_OUTPUT_CHARS = 40_000  # one tool output kept for the report; the trajectory
 
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore")
-
-
-class Usage(_Loose):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-
-
-class PatchInfo(_Loose):
-    files_changed: int = 0
-    insertions: int = 0
-    deletions: int = 0
-    changes: list[dict[str, Any]] = Field(default_factory=list)
-    refused: list[dict[str, Any]] = Field(default_factory=list)
-    exported: bool = False
 
 
 class VerifyInfo(_Loose):
@@ -67,9 +52,9 @@ class RunSummary(_Loose):
     duration_s: float | None = None
     steps: int = 0
     tool_calls: int = 0
-    usage: Usage = Field(default_factory=Usage)
+    usage: UsageRecord = Field(default_factory=UsageRecord)
     cost_usd: float | None = None
-    patch: PatchInfo = Field(default_factory=PatchInfo)
+    patch: PatchRecord = Field(default_factory=PatchRecord)  # every field has a default: fine for reading too
     verify: VerifyInfo | None = None
     sandbox: dict[str, Any] = Field(default_factory=dict)
     policy_events: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,7 +1,7 @@
 """The `airlock` command line. Every failure ends with one clear line and a documented exit code.
 
-Exit codes: 0 completed; 1 the agent stopped without success; 2 bad usage or input;
-3 sandbox or Docker error; 4 model API error; 130 interrupted.
+Exit codes: 0 completed; 1 the agent stopped without success (for `replay`: the replay diverged);
+2 bad usage or input; 3 sandbox or Docker error; 4 model API error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -102,6 +102,21 @@ def _execute(config: RunConfig, model: AnthropicModel, banner: str | None = None
 
 def _print_outputs(out: Path) -> None:
     console.print(f"outputs: {out / 'patch.diff'} · {out / 'run.json'} · {out / 'trajectory.jsonl'}", markup=False)
+
+
+@app.command()
+def replay(
+    run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A recorded run's folder (run.json, trajectory.jsonl, patch.diff).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder of the replay (default: ./airlock-runs/replay-<run-id>).")] = None,
+    repo: Annotated[Optional[Path], typer.Option(help="Replay against this repo instead of the recorded one (e.g. when it has moved).")] = None,
+    ignore_regex: Annotated[Optional[list[str]], typer.Option(metavar="PATTERN", help="Replace matches of this regex in tool outputs before comparing, repeatable (e.g. 'in [0-9.]+s').")] = None,
+) -> None:
+    """Re-run a recorded run with its recorded model responses in a fresh sandbox; report where tool results and the patch diverge.
+
+    Exit 0 if the patch is byte-identical, no tool result diverged and the status is the same; 1 otherwise."""
+    from orchestrator.replay import replay as replay_run
+
+    raise typer.Exit(replay_run(run_dir, out, repo, ignore_regex or [], console))
 
 
 @app.command()

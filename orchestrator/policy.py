@@ -200,6 +200,19 @@ class Policy(_Section):
             record["overrides"] = list(self._overrides)
         return record | self.model_dump(mode="json")
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Policy:
+        """The policy `to_record` wrote (e.g. run.json's `policy`), provenance included; PolicyError if it is not one."""
+        data = {key: value for key, value in record.items() if key not in ("source", "overrides")}
+        try:
+            policy = cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise PolicyError(f"the recorded policy is not valid: {_where(error['loc']) or 'policy'}: {_message(error)}") from None
+        policy._source = str(record.get("source", BUILT_IN))
+        policy._overrides = tuple(str(flag) for flag in record.get("overrides", ()))
+        return policy
+
     def to_toml(self) -> str:
         """The effective policy as TOML that `load_policy` reads back to an equal policy."""
         header = [f"# airlock policy: the effective values (source: {' '.join(self._source.splitlines())})"]

@@ -43,8 +43,12 @@ def _usage(request: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, 
     }
 
 
-def reply(*blocks: dict[str, Any], stop_reason: str | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A turn answering with these content blocks; stop_reason defaults to tool_use if any block is one."""
+def reply(
+    *blocks: dict[str, Any], stop_reason: str | None = None, usage: dict[str, int] | None = None
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A turn answering with these content blocks; stop_reason defaults to tool_use if any block is one.
+
+    `usage` replaces the estimated token counts (e.g. to report cache reads as the real API would)."""
     content = list(blocks)
     reason = stop_reason or ("tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn")
 
@@ -57,7 +61,7 @@ def reply(*blocks: dict[str, Any], stop_reason: str | None = None) -> Callable[[
             "content": content,
             "stop_reason": reason,
             "stop_sequence": None,
-            "usage": _usage(request, content),
+            "usage": {**_usage(request, content), **(usage or {})},
         }
 
     return respond

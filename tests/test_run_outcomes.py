@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import airlock, airlock_env
 from orchestrator.scripted_model import ApiError, reply, text, tool_use
 
@@ -134,3 +136,17 @@ def test_a_repo_larger_than_the_workspace_is_a_clear_sandbox_error(run_scripted,
     assert result.exit_code == 3
     assert "does not fit in the sandbox workspace" in result.record["error"] and "--disk" in result.record["error"]
     assert api.requests == []
+
+
+def test_cache_tokens_reported_by_the_api_are_summed_into_run_json_and_the_cost(run_scripted, calculator_repo: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "prices.toml"
+    policy.write_text('[budget.prices."priced-model"]\ninput = 3.0\noutput = 15.0\ncache_write = 3.75\ncache_read = 0.3\n')
+    first = {"input_tokens": 100, "output_tokens": 20, "cache_creation_input_tokens": 5000, "cache_read_input_tokens": 0}
+    second = {"input_tokens": 40, "output_tokens": 10, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 5000}
+    turns = [reply(tool_use("run_bash", command="true"), usage=first), reply(text("done"), usage=second)]
+    result, _ = run_scripted(calculator_repo, turns, "--model", "priced-model", "--policy", str(policy))
+    assert result.exit_code == 0
+    assert result.record["usage"] == {"input_tokens": 140, "output_tokens": 30, "cache_creation_input_tokens": 5300, "cache_read_input_tokens": 5000}
+    expected = (140 * 3.0 + 30 * 15.0 + 5300 * 3.75 + 5000 * 0.3) / 1e6
+    assert result.record["cost_usd"] == pytest.approx(expected, abs=1e-6)
+    assert "cache read 5,000" in result.stdout and "cache write 5,300" in result.stdout

@@ -66,7 +66,7 @@ def run(
     memory: Annotated[Optional[str], typer.Option(help="Memory limit of the sandbox, no swap (default: 4g).")] = None,
     disk: Annotated[Optional[str], typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
     pids: Annotated[Optional[int], typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
-    image: Annotated[Optional[str], typer.Option(help="Sandbox image [airlock-sandbox:latest].")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Sandbox image (default: airlock-sandbox:latest).")] = None,
     verify: Annotated[Optional[str], typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
     stop_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,

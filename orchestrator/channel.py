@@ -35,7 +35,6 @@ class _Stream:
         self._io = api.exec_start(self.exec_id, socket=True)
         self._sock: socket.socket = self._io._sock
         self._frames: Iterator[tuple[int, bytes]] = frames_iter(self._io, tty=False)
-        self._deadline: float | None = None
         self.stderr_tail = b""
 
     def send(self, data: bytes) -> None:
@@ -131,10 +130,8 @@ class ToolChannel:
         self._stream = _Stream(api, container_id, cmd, user=user, stdin=True)
         self._buffer = bytearray()
         self._next_id = 1
-        ready = self._read_line(time.monotonic() + start_timeout, "start")
-        if not ready.get("ready"):
+        if not self._read_line(time.monotonic() + start_timeout, "start").get("ready"):
             raise SandboxError("the tool server did not start correctly in the sandbox")
-        self.server_info = ready
 
     def call(self, tool: str, args: dict[str, Any], timeout: float) -> ToolReply:
         """Send one request and wait for its reply; `timeout` bounds the whole round trip."""

@@ -226,7 +226,6 @@ class RunData(BaseModel):
     summary: RunSummary
     diffs: list[FileDiff] = Field(default_factory=list)
     diff_source: str | None = None  # the file the diff was read from
-    patch_bytes: int = 0
     trajectory: Trajectory = Field(default_factory=Trajectory)
     flags: list[Flag] = Field(default_factory=list)  # run-level findings; per-file ones are on the diffs
     problems: list[str] = Field(default_factory=list)  # what was missing or unreadable
@@ -281,7 +280,7 @@ def _load_diff(run: RunData) -> None:
         run.problems.append("patch.diff is missing")
         return
     raw = source.read_bytes()
-    run.diff_source, run.patch_bytes = source.name, len(raw)
+    run.diff_source = source.name
     run.diffs = file_diffs(raw)
 
 

@@ -6,15 +6,18 @@ Model errors, sandbox errors and Ctrl-C propagate to the runner, which still exp
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.channel import ToolChannel
+from orchestrator.context import ContextWindow, Trim
+from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Reply, Text, ToolCall, ToolResult
 from orchestrator.errors import ModelError
-from orchestrator.model import AnthropicModel
 from orchestrator.policy_guard import PolicyGuard
-from orchestrator.tool_specs import ToolInputError, tool_definitions, validate_call
+from orchestrator.providers import ContextOverflow, Provider
+from orchestrator.tool_specs import ToolInputError, tool_schemas, validate_call
 from orchestrator.trace import Trace
 from orchestrator.trajectory import Trajectory
 
@@ -40,6 +43,7 @@ class Limits:
     max_steps: int
     command_timeout: float
     deadline: float  # time.monotonic() value at which the run's wall clock is up
+    context_window: int  # tokens
     max_result_chars: int = 50_000
 
 
@@ -54,12 +58,10 @@ def cap_text(text: str, limit: int) -> str:
 
 
 class Agent:
-    def __init__(
-        self, model: AnthropicModel, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard
-    ) -> None:
+    def __init__(self, model: Provider, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard) -> None:
         self.model, self.channel, self.limits, self.guard = model, channel, limits, guard
         self.trace, self.trajectory = trace, trajectory
-        self.tools = tool_definitions()
+        self.context = ContextWindow(limits.context_window, fixed_chars=len(SYSTEM_PROMPT) + len(json.dumps(tool_schemas())))
         self.steps = 0
         self.tool_calls = 0
         self.final_text = ""
@@ -68,69 +70,96 @@ class Agent:
         """Run until the model ends its turn or a limit is reached; returns the run status.
 
         Limits are checked between steps, so a step's tool calls are always answered before the run stops."""
-        messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": task}]}]
+        messages = [Message(role="user", content=[Text(text=task)])]
         recorded = 0
         while self.steps < self.limits.max_steps:
-            remaining = self.limits.deadline - time.monotonic()
-            if remaining <= 0:
+            if self.limits.deadline <= time.monotonic():
                 return "timeout"
             if self.guard.budget_exceeded(self.model.usage):
                 return "budget_exceeded"
             self.steps += 1
-            body = self.model.request(SYSTEM_PROMPT, self.tools, messages)
-            self.trajectory.write("model_request", step=self.steps, model=body["model"], new_messages=messages[recorded:])
+            self._record_trim(self.context.trim_if_near(messages))
+            self.trajectory.write("model_request", step=self.steps, model=self.model.model, new_messages=_dump(messages[recorded:]))
             recorded = len(messages)
-            started = time.monotonic()
             try:
-                response = self.model.complete(body, timeout=remaining)
+                reply = self._ask(messages)
             except TimeoutError:
                 return "timeout"
-            self.trajectory.write(
-                "model_response", step=self.steps, duration_s=round(time.monotonic() - started, 3), response=response.model_dump(mode="json")
-            )
-            content = [block.model_dump(mode="json", exclude_none=True) for block in response.content]
-            messages.append({"role": "assistant", "content": content})
-            self.final_text = "\n".join(b["text"] for b in content if b["type"] == "text") or self.final_text
-            self.trace.model_turn(self.steps, content)
-            if response.stop_reason == "end_turn":
+            messages.append(reply.message)
+            self.final_text = reply.message.text or self.final_text
+            self.trace.model_turn(self.steps, reply.message)
+            if reply.stop_reason == END_TURN:
                 return "completed"
-            if response.stop_reason not in ("tool_use", "max_tokens"):
-                raise ModelError(f"the model stopped with stop_reason {response.stop_reason!r}")
-            messages.append({"role": "user", "content": self._answer(content, cut_off=response.stop_reason == "max_tokens")})
+            if reply.stop_reason not in (TOOL_USE, MAX_TOKENS):
+                raise ModelError(f"the model stopped with stop_reason {reply.stop_reason!r}")
+            messages.append(self._answer(reply.message, cut_off=reply.stop_reason == MAX_TOKENS))
         return "max_steps"
 
-    def _answer(self, content: list[dict[str, Any]], *, cut_off: bool) -> list[dict[str, Any]]:
-        """One tool_result per tool_use block, in order; a cut-off turn's last call may be incomplete and is not run."""
-        calls = [block for block in content if block["type"] == "tool_use"]
-        truncated = calls[-1]["id"] if cut_off and calls and content[-1] is calls[-1] else None
-        answer = [self._run_tool(call, runnable=call["id"] != truncated) for call in calls]
-        if cut_off:
-            answer.append({"type": "text", "text": CUT_OFF})
-        return answer
+    def _ask(self, messages: list[Message]) -> Reply:
+        """One model turn, recorded; a request the API finds too long is trimmed and sent again while trimming helps."""
+        while True:
+            started = time.monotonic()
+            try:
+                reply = self.model.complete(SYSTEM_PROMPT, messages, timeout=max(0.001, self.limits.deadline - started))
+                break
+            except ContextOverflow as exc:
+                trim = self.context.trim_after_overflow(messages, exc.window, exc.prompt_tokens)
+                if trim is None:
+                    raise
+                self._record_trim(trim)
+        self.context.observe(reply.usage, messages)
+        self.trajectory.write(
+            "model_response", step=self.steps, duration_s=round(time.monotonic() - started, 3), stop_reason=reply.stop_reason,
+            usage=reply.usage.model_dump() if reply.usage else None, message=_dump([reply.message])[0], notes=reply.notes, response=reply.raw,
+        )  # fmt: skip
+        for note in reply.notes:
+            self.trace.note(note)
+        return reply
 
-    def _run_tool(self, call: dict[str, Any], *, runnable: bool) -> dict[str, Any]:
+    def _record_trim(self, trim: Trim | None) -> None:
+        if trim is not None:
+            self.trajectory.write("context_trimmed", step=self.steps, **asdict(trim))
+            self.trace.note(f"context trimmed ({trim.reason}): {len(trim.stubbed)} old tool results replaced by a stub, ~{trim.tokens_before:,} → ~{trim.tokens_after:,} tokens")
+
+    def _answer(self, message: Message, *, cut_off: bool) -> Message:
+        """One result per tool call, in order; a cut-off turn's last call may be incomplete and is not run."""
+        calls = message.tool_calls
+        truncated = calls[-1].id if cut_off and calls and message.content[-1] is calls[-1] else None
+        answer: list[Text | ToolResult] = [self._run_tool(call, runnable=call.id != truncated) for call in calls]
+        if cut_off:
+            answer.append(Text(text=CUT_OFF))
+        return Message(role="user", content=answer)
+
+    def _run_tool(self, call: ToolCall, *, runnable: bool) -> ToolResult:
         self.tool_calls += 1
-        self.trace.tool_call(call["name"], call["input"])
+        self.trace.tool_call(call.name, call.arguments if call.problem is None else call.raw_arguments)
         started = time.monotonic()
         meta: dict[str, Any] = {}
         try:
             if not runnable:
                 raise ToolInputError("Not run: your reply was cut off before this tool call was complete. Send it again.")
-            args = validate_call(call["name"], call["input"])
-            if refusal := self.guard.refuse_tool_call(call["name"], args):
+            if call.problem is not None:
+                raise ToolInputError(f"Not run: {call.problem}")
+            args = validate_call(call.name, call.arguments)
+            if refusal := self.guard.refuse_tool_call(call.name, args):
                 raise ToolInputError(refusal)
             timeout = max(1.0, min(args.get("timeout", self.limits.command_timeout), self.limits.deadline - time.monotonic()))
-            if call["name"] == "run_bash":
+            if call.name == "run_bash":
                 args["timeout"] = timeout
-            reply = self.channel.call(call["name"], args, timeout=timeout + TOOL_TIMEOUT_GRACE_S)
+            reply = self.channel.call(call.name, args, timeout=timeout + TOOL_TIMEOUT_GRACE_S)
             output, is_error, meta = reply.output, reply.is_error, reply.meta
         except ToolInputError as exc:
             output, is_error = str(exc), True
         output = cap_text(output, self.limits.max_result_chars) or "(no output)"
         duration = round(time.monotonic() - started, 3)
+        recorded_input = call.arguments if call.problem is None else call.raw_arguments
         self.trajectory.write(
-            "tool_call", step=self.steps, id=call["id"], name=call["name"], input=call["input"],
+            "tool_call", step=self.steps, id=call.id, name=call.name, input=recorded_input,
             output=output, is_error=is_error, meta=meta, duration_s=duration,
         )  # fmt: skip
         self.trace.tool_result(output, is_error, meta)
-        return {"type": "tool_result", "tool_use_id": call["id"], "content": output, "is_error": is_error}
+        return ToolResult(call_id=call.id, output=output, is_error=is_error)
+
+
+def _dump(messages: list[Message]) -> list[dict[str, Any]]:
+    return [message.model_dump(mode="json", exclude_none=True) for message in messages]

@@ -326,9 +326,7 @@ def _plural(n: int, word: str) -> str:
 def _check_can_run() -> None:
     """Fail the whole batch up front, with one line, for what would fail every task alike."""
     from orchestrator.docker_client import docker_client
-    from orchestrator.model import require_api_key
 
-    require_api_key()
     docker_client()  # exit 3 with what to do when Docker does not answer
 
 

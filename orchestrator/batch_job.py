@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.batch_tasks import BatchTask
-from orchestrator.model import Usage
+from orchestrator.conversation import Usage
 from orchestrator.pricing import cost_usd
 
 State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"]
@@ -142,8 +142,8 @@ class Job:
                 self.step, self.activity = event.get("step", self.step), "waiting for the model"
                 began.append(self.step)
             elif kind == "model_response":
-                self.usage.add(_Fields(event.get("response", {}).get("usage") or {}))
-                names = [b.get("name", "?") for b in event.get("response", {}).get("content", []) if b.get("type") == "tool_use"]
+                self.usage.add(_Fields(event.get("usage") or {}))
+                names = [p.get("name", "?") for p in (event.get("message") or {}).get("content", []) if p.get("type") == "tool_call"]
                 self.activity = ", ".join(names) if names else "answering"
             elif kind == "run_end":
                 self.activity = "finishing"

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import UsageError
-from orchestrator.model import DEFAULT_MODEL
+from orchestrator.providers import DEFAULT_MODEL
 from orchestrator.policy import Policy, Price, load_policy
 from orchestrator.pricing import price_for
 from orchestrator.repo_source import check_ref, is_url, protocol_of, redact, url_basename
@@ -58,6 +58,7 @@ class Defaults:
     policy: Path | None = None
     allowed_protocols: tuple[str, ...] = ("https",)
     needs_price: bool = False  # --max-total-cost: every task's cost must be known to count it
+    model_access: tuple[str, ...] = ()  # --provider, --base-url, --api-key-env, passed on to every run
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,11 @@ class BatchTask:
     image: str | None = None
     policy: Path | None = None
     price: Price | None = None  # None: the cost is unknown
+    model_access: tuple[str, ...] = ()
 
     def run_options(self) -> list[str]:
         """The `airlock run` options that carry this task's settings."""
-        options = ["--model", self.model]
+        options = [*self.model_access, "--model", self.model]
         for flag, value in (("--max-steps", self.max_steps), ("--timeout", self.timeout), ("--image", self.image), ("--verify", self.verify)):
             if value is not None:
                 options += [flag, str(value)]
@@ -212,6 +214,7 @@ class _Checker:
             "id": self._id(entry.id, entry.repo, problems),
             "task": self._task(entry, problems),
             "model": entry.model or d.model,
+            "model_access": d.model_access,
             "verify": entry.verify or d.verify,
             "max_steps": entry.max_steps if entry.max_steps is not None else d.max_steps,
             "timeout": entry.timeout if entry.timeout is not None else d.timeout,

@@ -18,7 +18,7 @@ from rich.syntax import Syntax
 
 from orchestrator.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
 from orchestrator.errors import AirlockError, UsageError
-from orchestrator.model import DEFAULT_MODEL, AnthropicModel, require_api_key
+from orchestrator.providers import DEFAULT_MODEL, DEFAULT_PROVIDER, PROVIDERS, Provider, check_provider, make_provider, resolve_api_key
 from orchestrator.record import RunRecord
 
 app = typer.Typer(
@@ -57,11 +57,15 @@ def run(
     task: Annotated[Optional[str], typer.Option(help="What the agent should do.")] = None,
     task_file: Annotated[Optional[Path], typer.Option(help="Read the task from this file.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: ./airlock-runs/<run-id>).")] = None,
-    model: Annotated[str, typer.Option(help="Claude model name.")] = DEFAULT_MODEL,
+    provider: Annotated[str, typer.Option(help=f"Model API: {' or '.join(PROVIDERS)} (any OpenAI-compatible chat-completions server).")] = DEFAULT_PROVIDER,
+    model: Annotated[Optional[str], typer.Option(help=f"Model name (default for anthropic: {DEFAULT_MODEL}; required for openai).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="API base URL, e.g. http://localhost:8000/v1 for a vLLM server (default: the SDK's).")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="Policy file (TOML); flags below override it (default: built-in defaults).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Most model requests before the run stops (default: 50).")] = None,
     command_timeout: Annotated[Optional[float], typer.Option(help="Seconds before one shell command is killed (default: 120).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit of the whole run, in seconds (default: 3600).")] = None,
+    context_window: Annotated[Optional[int], typer.Option(help="The model's context window in tokens; old tool results are stubbed out near it (default: the model's).")] = None,
     cpus: Annotated[Optional[float], typer.Option(help="CPU limit of the sandbox (default: 2).")] = None,
     memory: Annotated[Optional[str], typer.Option(help="Memory limit of the sandbox, no swap (default: 4g).")] = None,
     disk: Annotated[Optional[str], typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
@@ -75,8 +79,13 @@ def run(
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
     from orchestrator.policy import load_policy
 
-    overrides = dict(max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image)
+    model = _model_name(provider, model)
+    overrides = dict(
+        max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
+        cpus=cpus, memory=memory, disk=disk, pids=pids, image=image,
+    )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
+    api_key = resolve_api_key(provider, api_key_env)
     run_id = new_run_id()
     config = RunConfig(
         repo=check_repo(repo),
@@ -88,13 +97,20 @@ def run(
         verify=verify,
         stop_file=stop_file,
     )
-    require_api_key()
-    record = _execute(config, AnthropicModel(config.model, rate_limit_file=rate_limit_file))
+    record = _execute(config, make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file))
     _print_outputs(config.out)
     raise typer.Exit(record.exit_code)
 
 
-def _execute(config: RunConfig, model: AnthropicModel, banner: str | None = None) -> RunRecord:
+def _model_name(provider: str, model: str | None) -> str:
+    """The model to ask; checks the provider first (its SDK installed) so that error comes before any other."""
+    check_provider(provider)
+    if model is None and provider != DEFAULT_PROVIDER:
+        raise UsageError(f"--model is required with --provider {provider} (the name the server knows the model by)")
+    return model or DEFAULT_MODEL
+
+
+def _execute(config: RunConfig, model: Provider, banner: str | None = None) -> RunRecord:
     from orchestrator.runner import Run
 
     return Run(config, model, console).execute(banner)
@@ -125,7 +141,10 @@ def batch(
     out: Annotated[Path, typer.Option(help="Results folder: OUT/<id>/ per task, summary.json, predictions.jsonl. Re-running resumes.")],
     jobs: Annotated[int, typer.Option(min=1, help="Tasks running at once, each in its own sandbox.")] = 2,
     task: Annotated[Optional[str], typer.Option(help="The task for every repo of a plain or YAML list, and for entries without one.")] = None,
-    model: Annotated[str, typer.Option(help="Claude model for tasks that do not name one.")] = DEFAULT_MODEL,
+    provider: Annotated[str, typer.Option(help=f"Model API of every task: {' or '.join(PROVIDERS)}.")] = DEFAULT_PROVIDER,
+    model: Annotated[Optional[str], typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="Policy file for tasks without their own.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
@@ -146,8 +165,11 @@ def batch(
     if timeout is not None and not timeout > 0:
         raise UsageError(f"--timeout must be more than 0, not {timeout:g}")
     protocols = check_protocols(allow_protocol or ["https"])
+    model = _model_name(provider, model)
+    resolve_api_key(provider, api_key_env)  # fail the whole batch up front, not every task alike
+    access = ["--provider", provider, *(["--base-url", base_url] if base_url else []), *(["--api-key-env", api_key_env] if api_key_env else [])]
     defaults = Defaults(
-        task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image,
+        task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
     )  # fmt: skip
     options = BatchOptions(
@@ -162,7 +184,7 @@ def demo(
 ) -> None:
     """Fix the bundled calculator exercise: with Claude if ANTHROPIC_API_KEY is set, else with a scripted demo model."""
     from orchestrator.demo import CALCULATOR_REPO, CALCULATOR_TASK, TEST_COMMAND, calculator_script
-    from orchestrator.scripted_model import ScriptedMessagesAPI
+    from orchestrator.scripted_model import ScriptedModelServer
 
     from orchestrator.policy import load_policy
 
@@ -172,10 +194,10 @@ def demo(
         run_id=run_id, model=DEFAULT_MODEL, policy=load_policy(None).with_overrides(max_steps=20), verify=TEST_COMMAND,
     )  # fmt: skip
     if os.environ.get("ANTHROPIC_API_KEY"):
-        record = _execute(config, AnthropicModel(config.model))
+        record = _execute(config, make_provider("anthropic", config.model, api_key=None))
     else:
-        with ScriptedMessagesAPI(calculator_script()) as api:
-            scripted = AnthropicModel("airlock-demo-script", api_key="demo-no-key", base_url=api.base_url)
+        with ScriptedModelServer(calculator_script()) as api:
+            scripted = make_provider("anthropic", "airlock-demo-script", api_key="demo-no-key", base_url=api.base_url)
             banner = "DEMO MODEL: scripted replies served locally, no API key, no API calls (set ANTHROPIC_API_KEY to use Claude)"
             record = _execute(RunConfig(**{**vars(config), "model": scripted.model}), scripted, banner)
     patch = (config.out / "patch.diff").read_text(encoding="utf-8", errors="replace")

@@ -64,6 +64,7 @@ class LimitsPolicy(_Section):
     timeout: float = Field(3600.0, gt=0)
     max_steps: int = Field(50, ge=1)
     max_output_chars: int = Field(50_000, ge=1000)
+    context_window: int | None = Field(None, ge=2000)  # tokens; None: the model's (see orchestrator.context)
     max_patch_bytes: Annotated[int, _size(0), Field(ge=1)] = 10 * MiB
     max_patch_files: int = Field(500, ge=1)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.command_policy import check_command
 from orchestrator.errors import UsageError
-from orchestrator.model import Usage
+from orchestrator.conversation import Usage
 from orchestrator.patch import FileChange
 from orchestrator.policy import Policy, path_matches
 from orchestrator.pricing import cost_usd, price_for, total_input_tokens

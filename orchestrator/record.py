@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from orchestrator.conversation import Usage
+
 Status = Literal[
     "running", "completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "patch_rejected",
     "model_error", "sandbox_error", "interrupted",
@@ -25,13 +27,6 @@ EXIT_CODES: dict[str, int] = {
     "sandbox_error": 3,
     "interrupted": 130,
 }
-
-
-class UsageRecord(BaseModel):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
 
 
 class PatchRecord(BaseModel):
@@ -57,11 +52,12 @@ class RunRecord(BaseModel):
     repo: str
     task: str
     model: str
+    provider: str = "anthropic"
     started_at: str
     duration_s: float = 0.0
     steps: int = 0
     tool_calls: int = 0
-    usage: UsageRecord = Field(default_factory=UsageRecord)
+    usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None  # None when the model's price is unknown: never guessed
     patch: PatchRecord = Field(default_factory=PatchRecord)
     verify: VerifyRecord | None = None

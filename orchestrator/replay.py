@@ -1,7 +1,8 @@
 """`airlock replay`: re-run a recorded run with its recorded model responses, and say where it diverges.
 
-The responses are served in order by the local scripted Messages API and the run goes through the
-normal path (real SDK, agent loop, fresh sandbox, patch export, verify), so only the model is replayed:
+The responses are served in order by the local scripted model server, in the recorded provider's wire
+API, and the run goes through the normal path (real SDK, the same adapter, agent loop, fresh sandbox,
+patch export, verify), so only the model is replayed:
 every tool call really runs again. The tool results and the patch are then compared with the recording.
 """
 
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from orchestrator.config import RunConfig, check_out_dir, check_repo, new_run_id
 from orchestrator.errors import UsageError
-from orchestrator.model import AnthropicModel
+from orchestrator.providers import DEFAULT_PROVIDER, check_provider, make_provider
 from orchestrator.policy import Policy
 from orchestrator.record import RunRecord
 from orchestrator.trajectory import read_events
@@ -110,7 +111,7 @@ def compare_calls(recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]
 def replay(source: Path, out: Path | None, repo: Path | None, ignore_regex: list[str], console: Console) -> int:
     """Replay the run in `source` into `out`; returns the exit code (0 reproduced exactly, 1 diverged, else as `run`)."""
     from orchestrator.runner import Run
-    from orchestrator.scripted_model import ScriptedMessagesAPI
+    from orchestrator.scripted_model import ScriptedModelServer
 
     recording = load_recording(source)
     ignores = compile_ignores(ignore_regex)
@@ -125,10 +126,12 @@ def replay(source: Path, out: Path | None, repo: Path | None, ignore_regex: list
         verify=verify.get("command") if isinstance(verify, dict) else None,
     )  # fmt: skip
     turns = len(recording.responses)
-    # The recorded bodies are Messages API JSON already; the local server hands them out in order, so no
-    # request leaves the machine and no API key is read.
-    with ScriptedMessagesAPI(list(recording.responses)) as api:
-        model = AnthropicModel(config.model, api_key="replay", base_url=api.base_url)
+    provider = check_provider(str(recording.run.get("provider", DEFAULT_PROVIDER)))
+    # The recorded bodies are the provider's response JSON already; the local server hands them out in
+    # order through the same adapter, so no request leaves the machine and no API key is read.
+    with ScriptedModelServer(list(recording.responses)) as api:
+        base_url = api.openai_base_url if provider == "openai" else api.base_url
+        model = make_provider(provider, config.model, api_key="replay", base_url=base_url)
         banner = f"REPLAY of {recording.source}: {turns} recorded model responses served locally, no API calls; every tool call runs again"
         record = Run(config, model, console).execute(banner)
         requested = len(api.requests)

@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import UsageError
-from orchestrator.record import PatchRecord, UsageRecord
+from orchestrator.conversation import Usage
+from orchestrator.record import PatchRecord
 from orchestrator.review_diff import FileDiff, file_diffs
 from orchestrator.review_flags import SEVERITY_ORDER, Flag
 
@@ -52,7 +53,7 @@ class RunSummary(_Loose):
     duration_s: float | None = None
     steps: int = 0
     tool_calls: int = 0
-    usage: UsageRecord = Field(default_factory=UsageRecord)
+    usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None
     patch: PatchRecord = Field(default_factory=PatchRecord)  # every field has a default: fine for reading too
     verify: VerifyInfo | None = None
@@ -189,15 +190,17 @@ def _add_event(traj: Trajectory, steps: dict[int, Step], event: dict[str, Any]) 
         traj.start, traj.version = event, _int(event.get("version"))
     elif kind == "model_response":
         step = _step(steps, event)
+        # Version 2 records the provider-neutral message; version 1 only the Anthropic response.
         response = _dict(event.get("response"))
-        content = response.get("content")
+        message = _dict(event.get("message")) if "message" in event else response
+        content = message.get("content")
         blocks = [_dict(b) for b in content] if isinstance(content, list) else []
         step.t, step.duration_s = t, _seconds(event.get("duration_s"))
         step.text = "\n\n".join(_text(b.get("text", "")) for b in blocks if b.get("type") == "text").strip()
         step.thinking = "\n\n".join(_text(b.get("thinking", "")) for b in blocks if b.get("type") == "thinking").strip()
-        stop = response.get("stop_reason")
+        stop = event.get("stop_reason", response.get("stop_reason"))
         step.stop_reason = stop if isinstance(stop, str) else None
-        step.output_tokens = _int(_dict(response.get("usage")).get("output_tokens"))
+        step.output_tokens = _int(_dict(event.get("usage", response.get("usage"))).get("output_tokens"))
     elif kind == "tool_call":
         output = _text(event.get("output", ""))
         _step(steps, event).tool_calls.append(

@@ -23,11 +23,12 @@ from rich.markup import escape
 from orchestrator.agent import Agent, Limits
 from orchestrator.channel import ToolChannel
 from orchestrator.config import RunConfig
+from orchestrator.context import DEFAULT_WINDOWS
 from orchestrator.docker_client import docker_client
 from orchestrator.errors import ModelError, SandboxError
-from orchestrator.model import AnthropicModel
 from orchestrator.patch import Refusal, check_patch
 from orchestrator.policy_guard import PolicyGuard
+from orchestrator.providers import Provider
 from orchestrator.record import PatchRecord, RunRecord, VerifyRecord
 from orchestrator.sandbox import Sandbox, SandboxSpec, remove_stale
 from orchestrator.trace import Trace
@@ -64,7 +65,7 @@ def _unrecorded_refusals(messages: list[str]) -> list[Refusal]:
 
 
 class Run:
-    def __init__(self, config: RunConfig, model: AnthropicModel, console: Console) -> None:
+    def __init__(self, config: RunConfig, model: Provider, console: Console) -> None:
         self.config = config
         self.model = model
         self.trace = Trace(console)
@@ -72,11 +73,15 @@ class Run:
         self.spec = SandboxSpec.from_policy(config.policy, config.run_id)
         self.guard = PolicyGuard(config.policy, config.model, notify=self.trace.policy_event, stop_file=config.stop_file)
         self.record = RunRecord(
-            run_id=config.run_id, repo=str(config.repo), task=config.task, model=config.model,
+            run_id=config.run_id, repo=str(config.repo), task=config.task, model=config.model, provider=model.name,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), sandbox=self.spec.record(),
             verify=VerifyRecord(command=config.verify) if config.verify else None, policy=config.policy.to_record(),
         )  # fmt: skip
         self.agent: Agent | None = None
+
+    @property
+    def context_window(self) -> int:
+        return self.config.policy.limits.context_window or DEFAULT_WINDOWS[self.model.name]
 
     def execute(self, banner: str | None = None) -> RunRecord:
         out = self.config.out
@@ -85,7 +90,10 @@ class Run:
         self.record.save(out)
         self.trace.header(self.record, banner)
         trajectory = Trajectory(out / "trajectory.jsonl")
-        trajectory.write("run_start", version=FORMAT_VERSION, run_id=self.config.run_id, model=self.config.model, task=self.config.task, sandbox=self.spec.record())
+        trajectory.write(
+            "run_start", version=FORMAT_VERSION, run_id=self.config.run_id, provider=self.model.name, model=self.config.model,
+            context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(),
+        )  # fmt: skip
         started = time.monotonic()
         sandbox: Sandbox | None = None
         channel: ToolChannel | None = None
@@ -133,7 +141,7 @@ class Run:
 
     def _run_agent(self, channel: ToolChannel, trajectory: Trajectory, deadline: float) -> None:
         limits = self.config.policy.limits
-        agent_limits = Limits(limits.max_steps, limits.command_timeout, deadline, limits.max_output_chars)
+        agent_limits = Limits(limits.max_steps, limits.command_timeout, deadline, self.context_window, limits.max_output_chars)
         self.agent = Agent(self.model, channel, agent_limits, self.trace, trajectory, self.guard)
         self.record.status = self.agent.run(self.config.task)  # type: ignore[assignment]
         if self.record.status == "max_steps":
@@ -208,7 +216,7 @@ class Run:
         record.duration_s = round(time.monotonic() - started, 2)
         if self.agent is not None:
             record.steps, record.tool_calls = self.agent.steps, self.agent.tool_calls
-        record.usage = record.usage.model_validate(vars(self.model.usage))
+        record.usage = self.model.usage.model_copy()
         record.cost_usd = self.guard.cost(self.model.usage)
         record.policy_events = self.guard.events
         record.save(self.config.out)

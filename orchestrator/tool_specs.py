@@ -94,17 +94,19 @@ def _description(model: type[ToolArgs]) -> str:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
-def tool_definitions() -> list[dict[str, Any]]:
-    """Anthropic tool definitions, in a fixed order so the cached prompt prefix never changes."""
-    definitions = []
+def tool_schemas() -> list[dict[str, Any]]:
+    """Name, description and JSON Schema of every tool, in a fixed order so a cached prompt prefix never changes.
+
+    Each provider adapter renders these into its own API's tool format."""
+    schemas = []
     for name, model in TOOLS.items():
         schema = model.model_json_schema()
         schema.pop("title", None)
         schema.pop("description", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
-        definitions.append({"name": name, "description": _description(model), "input_schema": schema})
-    return definitions
+        schemas.append({"name": name, "description": _description(model), "schema": schema})
+    return schemas
 
 
 class ToolInputError(ValueError):

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from orchestrator.conversation import Message
 from orchestrator.record import RunRecord
 
 PREVIEW_LINES = 4
@@ -54,11 +55,10 @@ class Trace:
     def policy_event(self, message: str) -> None:
         self.console.print(f"[bold yellow]⚠ {escape(message)}[/]")
 
-    def model_turn(self, step: int, content: list[dict[str, Any]]) -> None:
+    def model_turn(self, step: int, message: Message) -> None:
         self.console.rule(f"[dim]step {step}[/]", style="dim")
-        for block in content:
-            if block["type"] == "text" and block["text"].strip():
-                self.console.print(Text(block["text"].strip(), style="italic"))
+        if message.text.strip():
+            self.console.print(Text(message.text.strip(), style="italic"))
 
     def tool_call(self, name: str, args: Any) -> None:
         self.console.print(f"[bold blue]▶ {escape(name)}[/] {escape(_call_summary(name, args))}")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class Trajectory:

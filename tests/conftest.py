@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.sandbox import LABEL, owner_alive
-from orchestrator.scripted_model import ScriptedMessagesAPI, Turn
+from orchestrator.scripted_model import ScriptedModelServer, Turn
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -69,8 +69,8 @@ class Result:
 
 
 def airlock_env(base_url: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(ANTHROPIC_API_KEY="test-key-not-secret", COLUMNS="200", **extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_"))}
+    env.update(ANTHROPIC_API_KEY="test-key-not-secret", OPENAI_API_KEY="test-openai-key-not-secret", COLUMNS="200", **extra)
     if base_url:
         env["ANTHROPIC_BASE_URL"] = base_url
     return env
@@ -85,12 +85,17 @@ def airlock(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 
 @pytest.fixture
 def run_scripted(tmp_path: Path):
-    """Run `airlock run REPO --task ... --out ...` against a scripted model; returns (Result, api)."""
+    """Run `airlock run REPO --task ... --out ...` against a scripted model; returns (Result, api).
 
-    def run(repo: Path, turns: list[Turn], *extra: str, task: str = "Do the task.") -> tuple[Result, ScriptedMessagesAPI]:
+    provider="openai": through the chat-completions adapter (`--provider openai --base-url ... --model scripted`)."""
+
+    def run(
+        repo: Path, turns: list[Turn], *extra: str, task: str = "Do the task.", provider: str = "anthropic", server: dict[str, Any] | None = None
+    ) -> tuple[Result, ScriptedModelServer]:
         out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
-        with ScriptedMessagesAPI(turns) as api:
-            proc = airlock("run", str(repo), "--task", task, "--out", str(out), *extra, env=airlock_env(api.base_url))
+        with ScriptedModelServer(turns, **(server or {})) as api:
+            access = ["--provider", "openai", "--base-url", api.openai_base_url, "--model", "scripted"] if provider == "openai" else []
+            proc = airlock("run", str(repo), "--task", task, "--out", str(out), *access, *extra, env=airlock_env(api.base_url))
         return Result(proc.returncode, proc.stdout, proc.stderr, out), api
 
     return run

@@ -24,7 +24,7 @@ import pytest
 from conftest import PROJECT, airlock, airlock_env
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.neutral_git import run_git
-from orchestrator.scripted_model import ApiError, ScriptedMessagesAPI, reply, text, tool_use
+from orchestrator.scripted_model import ApiError, Scripted, ScriptedModelServer, reply, text, tool_use
 
 TEST_COMMAND = "python3 -m pytest -q -p no:cacheprovider"
 FIX = tool_use("edit_file", path="calculator.py", old_str="def multiply(a, b):\n    return a + b", new_str="def multiply(a, b):\n    return a * b")
@@ -60,10 +60,9 @@ def record(out: Path, task_id: str) -> dict[str, Any]:
     return json.loads((out / task_id / "run.json").read_text())
 
 
-def fix_then_stop(request: dict[str, Any]) -> dict[str, Any]:
+def fix_then_stop(request: dict[str, Any]) -> Scripted:
     """A stateless script turn, for several runs sharing one task text: fix first, then stop."""
-    turn = reply(text("Fixing multiply."), FIX) if len(request["messages"]) == 1 else reply(text("Fixed."))
-    return turn(request)
+    return reply(text("Fixing multiply."), FIX) if len(request["messages"]) == 1 else reply(text("Fixed."))
 
 
 def max_concurrent(log: str) -> int:
@@ -95,7 +94,7 @@ def test_batch_runs_in_parallel_resumes_without_the_model_and_redoes(tmp_path: P
     scripts["[api-error]"] = [ApiError(400, "prompt is too long: 210000 tokens > 200000 maximum", "invalid_request_error")]
     scripts["[bad-fix]"] = [reply(text("I changed nothing."))]
 
-    with ScriptedMessagesAPI(scripts) as api:
+    with ScriptedModelServer(scripts) as api:
         proc = batch(tasks, "--out", out, "--jobs", "3", base_url=api.base_url)
     log = proc.stdout
     assert proc.returncode == 1, log + proc.stderr
@@ -110,7 +109,7 @@ def test_batch_runs_in_parallel_resumes_without_the_model_and_redoes(tmp_path: P
         row, rec = rows[name], record(out, name)
         assert (row["status"], rec["status"], row["verify_passed"], row["steps"], row["files_changed"]) == ("completed", "completed", True, 2, 1)
         assert FIXED in (out / name / "patch.diff").read_bytes()
-        assert row["tokens"]["input_tokens"] == rec["usage"]["input_tokens"] > 0
+        assert row["tokens"] == rec["usage"] and sum(rec["usage"].values()) > rec["usage"]["output_tokens"] > 0
         assert row["cost_usd"] == rec["cost_usd"] > 0  # the default model has a known price
         assert row["duration_s"] == rec["duration_s"] > 0 and row["error"] is None and not row["skipped"]
         assert (out / name / "trajectory.jsonl").exists() and "airlock run" in (out / name / "airlock.log").read_text()
@@ -138,7 +137,7 @@ def test_batch_runs_in_parallel_resumes_without_the_model_and_redoes(tmp_path: P
 
     # The same command again: everything finished, so nothing runs and the model is never asked.
     before = {name: record(out, name) for name in rows}
-    with ScriptedMessagesAPI({}) as idle:
+    with ScriptedModelServer({}) as idle:
         again = batch(tasks, "--out", out, "--jobs", "3", base_url=idle.base_url)
     assert idle.requests == []
     assert again.returncode == 1, again.stdout + again.stderr  # the recorded failures still count
@@ -152,7 +151,7 @@ def test_batch_runs_in_parallel_resumes_without_the_model_and_redoes(tmp_path: P
 
     # --redo runs a finished task again; its earlier run is kept aside, not deleted.
     only_one = write_jsonl(tmp_path / "one.jsonl", entries[:1])
-    with ScriptedMessagesAPI({"[fix-1]": [reply(FIX), reply(text("Fixed again."))]}) as redo_api:
+    with ScriptedModelServer({"[fix-1]": [reply(FIX), reply(text("Fixed again."))]}) as redo_api:
         redo = batch(only_one, "--out", out, "--redo", base_url=redo_api.base_url)
     assert redo.returncode == 0, redo.stdout + redo.stderr
     assert len(redo_api.requests) == 2
@@ -236,7 +235,7 @@ def test_git_url_with_ref_is_cloned_by_a_hardened_git(tmp_path: Path) -> None:
         {"id": "no-such-ref", "repo": url, "ref": "no-such-branch", "task": "Fix multiply. [no-such-ref]"},
     ])  # fmt: skip
     out = tmp_path / "results"
-    with ScriptedMessagesAPI({"[from-git]": [reply(FIX), reply(text("Fixed."))]}) as api:
+    with ScriptedModelServer({"[from-git]": [reply(FIX), reply(text("Fixed."))]}) as api:
         proc = batch(tasks, "--out", out, "--allow-protocol", "file", base_url=api.base_url, **machine)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one task could not be cloned
     rows = summary(out)["by_id"]
@@ -255,7 +254,7 @@ def test_git_url_with_ref_is_cloned_by_a_hardened_git(tmp_path: Path) -> None:
     # The same URL and ref again: the cached clone is used (a moved remote cannot be cloned).
     shutil.move(tmp_path / "remote", tmp_path / "remote-moved")
     redo = write_jsonl(tmp_path / "again.jsonl", [{"id": "again", "repo": url, "ref": "feature", "task": "Stop. [again]"}])
-    with ScriptedMessagesAPI({"[again]": [reply(text("Nothing to do."))]}) as api:
+    with ScriptedModelServer({"[again]": [reply(text("Nothing to do."))]}) as api:
         cached = batch(redo, "--out", out, "--allow-protocol", "file", base_url=api.base_url)
     assert cached.returncode == 0 and summary(out)["by_id"]["again"]["status"] == "completed", cached.stdout
     shutil.move(tmp_path / "remote-moved", tmp_path / "remote")
@@ -309,7 +308,7 @@ def test_invalid_tasks_are_all_reported_with_their_lines_and_nothing_runs(tmp_pa
     assert not out.exists()
 
     # --skip-invalid: the valid task runs, the invalid entries are listed in the summary.
-    with ScriptedMessagesAPI({"[ok]": [reply(text("Nothing to do."))]}) as api:
+    with ScriptedModelServer({"[ok]": [reply(text("Nothing to do."))]}) as api:
         skipped = batch(tasks, "--out", out, "--skip-invalid", base_url=api.base_url)
     assert skipped.returncode == 0, skipped.stdout + skipped.stderr
     assert "skipping the invalid entries above; running the 1 valid task(s)" in skipped.stderr
@@ -326,7 +325,7 @@ def test_yaml_and_plain_list_inputs(tmp_path: Path) -> None:
     listing = tmp_path / "repos.txt"
     listing.write_text("# the repos to fix\nrepos/alpha\n\n  repos/beta  \n")
     out = tmp_path / "plain"
-    with ScriptedMessagesAPI({"[shared]": [fix_then_stop] * 4}) as api:
+    with ScriptedModelServer({"[shared]": [fix_then_stop] * 4}) as api:
         proc = batch(listing, "--out", out, "--task", "Fix multiply. [shared]", "--verify", TEST_COMMAND, base_url=api.base_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = summary(out)["by_id"]
@@ -353,7 +352,7 @@ def test_yaml_and_plain_list_inputs(tmp_path: Path) -> None:
     )
     out = tmp_path / "yaml"
     scripts = {"[shared]": [fix_then_stop] * 2, "[beta-custom]": [reply(FIX), reply(text("Fixed."))]}
-    with ScriptedMessagesAPI(scripts) as api:
+    with ScriptedModelServer(scripts) as api:
         proc = batch(yaml_file, "--out", out, "--task", "Fix multiply. [shared]", base_url=api.base_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = summary(out)["by_id"]
@@ -377,7 +376,7 @@ def test_total_cost_budget_stops_running_tasks_and_starts_no_new_one(tmp_path: P
     tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": n, "repo": f"r{i}", "task": f"Work. [{n}]"} for i, n in enumerate(names, 1)])
     slow_steps = [reply(tool_use("run_bash", command="sleep 2")) for _ in range(5)] + [reply(text("done"))]
     out = tmp_path / "results"
-    with ScriptedMessagesAPI({f"[{n}]": list(slow_steps) for n in names}) as api:
+    with ScriptedModelServer({f"[{n}]": list(slow_steps) for n in names}) as api:
         proc = batch(
             tasks, "--out", out, "--jobs", "2", "--model", "test-model", "--policy", policy, "--max-total-cost", "0.01", base_url=api.base_url
         )
@@ -423,10 +422,10 @@ def test_a_429_backs_off_every_task(tmp_path: Path) -> None:
         other_asked.set()
         limited_answered.wait(90)
         time.sleep(0.3)  # the 429 has reached its run, which has recorded the backoff
-        return reply(tool_use("run_bash", command="true"))(request)
+        return reply(tool_use("run_bash", command="true"))
 
     scripts = {"[limited]": [rate_limited, reply(text("done"))], "[other]": [after_the_429, reply(text("done"))]}
-    with ScriptedMessagesAPI(scripts) as api:
+    with ScriptedModelServer(scripts) as api:
         proc = batch(tasks, "--out", tmp_path / "results", "--jobs", "2", base_url=api.base_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [(_, _), (limited_retry, _)] = api.for_marker("[limited]")
@@ -486,10 +485,10 @@ def test_a_crashed_run_or_sandbox_does_not_affect_the_other_tasks(tmp_path: Path
 
     def after_the_crashes(request: dict[str, Any]) -> dict[str, Any]:
         waiting.wait(90)
-        return reply(FIX)(request)
+        return reply(FIX)
 
     scripts = {"[killed]": list(sleeper), "[sandbox-gone]": list(sleeper), "[fine]": [after_the_crashes, reply(text("Fixed."))]}
-    with ScriptedMessagesAPI(scripts) as api:
+    with ScriptedModelServer(scripts) as api:
         proc = start_batch(tasks, out, api.base_url, log, "--jobs", "3")
         try:
             run_ids = wait_until_busy(docker_client, out, names[:2], proc, log)
@@ -525,7 +524,7 @@ def test_ctrl_c_interrupts_every_task_and_a_rerun_resumes(tmp_path: Path, docker
     out = tmp_path / "results"
     work = [reply(tool_use("write_file", path="notes.txt", content="written before the interrupt\n"), tool_use("run_bash", command="sleep 300"))]
     log = tmp_path / "batch.log"
-    with ScriptedMessagesAPI({f"[{n}]": list(work) for n in names}) as api:
+    with ScriptedModelServer({f"[{n}]": list(work) for n in names}) as api:
         proc = start_batch(tasks, out, api.base_url, log, "--jobs", "3")
         try:
             run_ids = wait_until_busy(docker_client, out, names[:3], proc, log)
@@ -556,7 +555,7 @@ def test_ctrl_c_interrupts_every_task_and_a_rerun_resumes(tmp_path: Path, docker
     if target == "parent":
         return
     # The same command again: the interrupted tasks and the one never started run; the partial runs are kept.
-    with ScriptedMessagesAPI({f"[{n}]": [reply(text("done"))] for n in names}) as api:
+    with ScriptedModelServer({f"[{n}]": [reply(text("done"))] for n in names}) as api:
         again = batch(tasks, "--out", out, "--jobs", "3", base_url=api.base_url)
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(row["status"] == "completed" and not row["skipped"] for row in summary(out)["tasks"])

@@ -17,7 +17,7 @@ from orchestrator.batch import Batch, BatchOptions
 from orchestrator.batch_progress import BatchDisplay, Overview, Row
 from orchestrator.batch_tasks import BatchTask
 from orchestrator.repo_source import check_ref, is_url, protocol_of, redact, url_basename
-from orchestrator.scripted_model import ScriptedMessagesAPI, reply, text
+from orchestrator.scripted_model import ScriptedModelServer, reply, text
 
 
 class FakeClock:
@@ -64,7 +64,7 @@ def test_shared_backoff_keeps_the_later_deadline_and_makes_every_request_wait(tm
 def test_scripted_model_routes_concurrent_tasks_by_marker() -> None:
     scripts = {"[task-1]": [reply(text("one"))], "[task-12]": [reply(text("twelve"))]}
 
-    def ask(api: ScriptedMessagesAPI, task: str) -> tuple[int, dict]:
+    def ask(api: ScriptedModelServer, task: str) -> tuple[int, dict]:
         body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": task}]}]})
         request = urllib.request.Request(f"{api.base_url}/v1/messages", data=body.encode(), method="POST")
         try:
@@ -73,7 +73,7 @@ def test_scripted_model_routes_concurrent_tasks_by_marker() -> None:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
-    with ScriptedMessagesAPI(scripts) as api:
+    with ScriptedModelServer(scripts) as api:
         assert ask(api, "Fix it [task-12]")[1]["content"][0]["text"] == "twelve"  # the longest marker wins
         assert ask(api, "Fix it [task-1]")[1]["content"][0]["text"] == "one"
         status, error = ask(api, "Fix it [task-3]")

@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from conftest import PROJECT, airlock, airlock_env
-from orchestrator.scripted_model import ScriptedMessagesAPI, reply, text, tool_use
+from orchestrator.scripted_model import ScriptedModelServer, reply, text, tool_use
 
 CHANGE = "written before the interrupt\n"
 BUSY = "sleep 300"
@@ -78,7 +78,7 @@ def busy_run(repo: Path, tmp_path: Path, docker_client: docker.DockerClient) -> 
     procs: list[subprocess.Popen] = []
     run_ids: list[str] = []
     turns = [reply(tool_use("write_file", path="notes.txt", content=CHANGE), tool_use("run_bash", command=BUSY))]
-    with ScriptedMessagesAPI(turns) as api:
+    with ScriptedModelServer(turns) as api:
 
         def start() -> LiveRun:
             out, log = tmp_path / "out", tmp_path / "airlock.log"
@@ -196,7 +196,7 @@ def test_killed_orchestrator_leaves_a_sandbox_that_gc_removes(busy_run, docker_c
 def test_killed_orchestrator_sandbox_is_removed_by_the_next_run(busy_run, docker_client, repo: Path, tmp_path: Path) -> None:
     live = busy_run()
     short_id = kill_orchestrator(live, docker_client)
-    with ScriptedMessagesAPI([reply(text("nothing to do"))]) as api:
+    with ScriptedModelServer([reply(text("nothing to do"))]) as api:
         nxt = airlock("run", str(repo), "--task", "Do the task.", "--out", str(tmp_path / "next"), env=airlock_env(api.base_url), timeout=120)
     assert nxt.returncode == 0, nxt.stdout + nxt.stderr
     assert f"removed sandbox {short_id} left by an airlock process that is gone" in nxt.stdout

@@ -46,7 +46,8 @@ def test_cost_budget_with_known_prices_and_cost_in_run_json(run_scripted, calcul
     result, _ = run_scripted(calculator_repo, [reply(FIX), reply(text("never reached"))], "--policy", str(policy), "--model", "test-model")
     assert result.record["status"] == "budget_exceeded"
     usage = result.record["usage"]
-    expected = (usage["input_tokens"] * 3.0 + usage["output_tokens"] * 15.0) / 1e6
+    per_million = {"input_tokens": 3.0, "output_tokens": 15.0, "cache_creation_input_tokens": 3.75, "cache_read_input_tokens": 0.3}
+    expected = sum(usage[key] * price for key, price in per_million.items()) / 1e6
     assert result.record["cost_usd"] == pytest.approx(expected, rel=1e-3)
     assert "cost" in events(result, "budget")[0]["detail"]
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from orchestrator.model import DEFAULT_MODEL, Usage
+from orchestrator.conversation import Usage
+from orchestrator.providers import DEFAULT_MODEL
 from orchestrator.policy import Price
 from orchestrator.pricing import PRICES_FILE, cost_usd, packaged_prices, price_for, total_input_tokens
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import Result, airlock, airlock_env
 from orchestrator.demo import CALCULATOR_REPO, TEST_COMMAND, calculator_script
 from orchestrator.policy import Policy, PolicyError, load_policy
-from orchestrator.scripted_model import ScriptedMessagesAPI
+from orchestrator.scripted_model import ScriptedModelServer
 
 TIMINGS = "in [0-9.]+s"  # pytest's "4 passed in 0.01s" differs from run to run
 
@@ -22,7 +22,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Result:
     root = tmp_path_factory.mktemp("recorded")
     repo = root / "calculator"
     shutil.copytree(CALCULATOR_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    with ScriptedMessagesAPI(calculator_script()) as api:
+    with ScriptedModelServer(calculator_script()) as api:
         proc = airlock("run", str(repo), "--task", "Do the task.", "--out", str(root / "out"), "--verify", TEST_COMMAND, env=airlock_env(api.base_url))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return Result(proc.returncode, proc.stdout, proc.stderr, root / "out")
@@ -33,7 +33,7 @@ def _replay(*args: str) -> tuple[Result, dict]:
     out = Path(args[args.index("--out") + 1])
     env = airlock_env()
     del env["ANTHROPIC_API_KEY"]
-    with ScriptedMessagesAPI([]) as trap:
+    with ScriptedModelServer([]) as trap:
         proc = airlock("replay", *args, env={**env, "ANTHROPIC_BASE_URL": trap.base_url})
     assert trap.requests == [], "the replay called the configured model API"
     report = json.loads((out / "replay.json").read_text()) if (out / "replay.json").exists() else {}

@@ -5,14 +5,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from conftest import airlock, tree_snapshot
+from orchestrator.agent import SYSTEM_PROMPT
 from orchestrator.demo import TEST_COMMAND, calculator_script
-from orchestrator.model import DEFAULT_MODEL
+from orchestrator.providers import DEFAULT_MODEL
+
+TOOL_NAMES = {"read_file", "write_file", "edit_file", "list_dir", "search", "run_bash"}
 
 
-def test_calculator_exercise_produces_a_patch_that_fixes_it(run_scripted, calculator_repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_calculator_exercise_produces_a_patch_that_fixes_it(run_scripted, calculator_repo: Path, tmp_path: Path, provider: str) -> None:
+    """The same scripted model, spoken through either wire API: the agent loop cannot tell them apart."""
     before = tree_snapshot(calculator_repo)
-    result, api = run_scripted(calculator_repo, calculator_script(), "--verify", TEST_COMMAND)
+    result, api = run_scripted(calculator_repo, calculator_script(), "--verify", TEST_COMMAND, provider=provider)
 
     assert result.exit_code == 0, result.stderr + result.stdout
     record = result.record
@@ -21,7 +28,9 @@ def test_calculator_exercise_produces_a_patch_that_fixes_it(run_scripted, calcul
     assert record["verify"] == {**record["verify"], "command": TEST_COMMAND, "exit_code": 0, "passed": True}
     assert record["patch"]["files_changed"] == 1
     assert (record["patch"]["insertions"], record["patch"]["deletions"]) == (1, 1)
-    assert record["usage"]["input_tokens"] > 0 and record["usage"]["output_tokens"] > 0
+    usage = record["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] + usage["cache_creation_input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert record["provider"] == provider
     assert record["sandbox"]["network"] == "none"
     assert record["error"] is None
 
@@ -43,10 +52,24 @@ def test_calculator_exercise_produces_a_patch_that_fixes_it(run_scripted, calcul
     assert "return a * b" in (fresh / "calculator.py").read_text()
     assert b"-    return a + b\n+    return a * b\n" in result.patch
 
-    # Every request went through the real SDK, with the tools and the task.
+    # Every request went through the real SDK of the provider, with the tools and the task.
     assert len(api.requests) == 5
-    assert {tool["name"] for tool in api.requests[0]["tools"]} == {"read_file", "write_file", "edit_file", "list_dir", "search", "run_bash"}
-    assert api.requests[0]["messages"][0]["content"][0]["text"] == "Do the task."
-    assert api.requests[0]["model"] == DEFAULT_MODEL
-    key = "test-key-not-secret"  # sent the way this SDK version sends it
-    assert all(h.get("x-api-key") == key or h.get("authorization") == f"Bearer {key}" for h in api.headers)
+    if provider == "anthropic":
+        assert set(api.paths) == {"/v1/messages"}
+        assert {tool["name"] for tool in api.requests[0]["tools"]} == TOOL_NAMES
+        assert api.requests[0]["messages"][0]["content"][0]["text"] == "Do the task."
+        assert api.requests[0]["model"] == DEFAULT_MODEL
+        assert usage["cache_read_input_tokens"] > 0  # the stable prefix was read back from the cache
+        key = "test-key-not-secret"  # sent the way this SDK version sends it
+        assert all(h.get("x-api-key") == key or h.get("authorization") == f"Bearer {key}" for h in api.headers)
+    else:
+        assert set(api.paths) == {"/v1/chat/completions"}
+        assert {tool["function"]["name"] for tool in api.requests[0]["tools"]} == TOOL_NAMES
+        assert api.requests[0]["messages"][:2] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Do the task."}]
+        assert api.requests[0]["model"] == "scripted"
+        # Each call's result is a `tool` message paired by id with the assistant's call.
+        last = api.requests[-1]["messages"]
+        calls = [call for m in last if m["role"] == "assistant" for call in m.get("tool_calls", [])]
+        results = [m for m in last if m["role"] == "tool"]
+        assert [c["id"] for c in calls] == [r["tool_call_id"] for r in results] and len(calls) == 4
+        assert all(h.get("authorization") == "Bearer test-openai-key-not-secret" for h in api.headers)

@@ -16,7 +16,7 @@ def _inspect_running_sandbox(client: docker.DockerClient, seen: dict):
     def turn(request: dict) -> dict:
         [container] = client.containers.list(filters={"label": LABEL})
         seen.update(container.attrs)
-        return reply(text("inspected"))(request)
+        return reply(text("inspected"))
 
     return turn
 

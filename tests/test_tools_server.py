@@ -558,7 +558,7 @@ def test_run_bash_keeps_the_head_and_tail_of_a_flood(server: Server) -> None:
     full = "".join(f"{n}\n" for n in range(1, 200001)).encode()
     dropped = len(full) - CAP
     head, tail = full[: CAP // 2].decode(), full[-(CAP // 2) :].decode()
-    assert ok(reply) == f"{head}\n[... {dropped} bytes of output dropped ...]\n{tail}[exit code: 0]"
+    assert ok(reply) == f"{head}\n[... {dropped} bytes of output dropped; narrow the command with grep, head or tail, or redirect it to a file and read line ranges ...]\n{tail}[exit code: 0]"
     assert reply["meta"]["dropped_bytes"] == dropped
 
 

@@ -15,6 +15,8 @@ from typing import Callable
 from toolkit import Context, Param, Result, Tool, ToolError
 
 _READ_CHUNK = 65536
+# How to see what a cut dropped, said where it was dropped.
+SEE_MORE = "; narrow the command with grep, head or tail, or redirect it to a file and read line ranges"
 _POLL_SECONDS = 0.05  # how often to look whether the main process exited while the pipe is quiet
 _DRAIN_SECONDS = 1.0  # how long to keep reading after the main process is gone
 
@@ -47,7 +49,7 @@ class CappedBuffer:
     def text(self) -> str:
         if not self.dropped:
             return (self.head + self.tail).decode("utf-8", errors="replace")
-        marker = f"\n[... {self.dropped} bytes of output dropped ...]\n"
+        marker = f"\n[... {self.dropped} bytes of output dropped{SEE_MORE} ...]\n"
         return self.head.decode("utf-8", errors="replace") + marker + self.tail.decode("utf-8", errors="replace")
 
 

@@ -1,0 +1,111 @@
+"""Model providers: one adapter per wire API, behind the one small interface the agent loop uses.
+
+`anthropic` speaks the Anthropic Messages API (the default); `openai` speaks the OpenAI-compatible
+chat-completions API that vLLM, llama.cpp's server, Ollama and hosted inference services serve.
+Each adapter renders the loop's `Message`s into its API's request and parses the answer into a `Reply`;
+each SDK is imported on a background thread (over a second), while the sandbox starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Protocol
+
+from orchestrator.conversation import Message, Reply, Usage
+from orchestrator.errors import ModelError, UsageError
+
+PROVIDERS = ("anthropic", "openai")
+DEFAULT_PROVIDER = "anthropic"
+# A current Sonnet model (claude-sonnet-4-5 reaches end of life on 2026-11-30).
+DEFAULT_MODEL = "claude-sonnet-5-5"
+KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+class Provider(Protocol):
+    name: str  # "anthropic" or "openai"
+    model: str
+    usage: Usage  # summed over every reply
+
+    @property
+    def base_url(self) -> str: ...
+
+    def complete(self, system: str, messages: list[Message], timeout: float) -> Reply:
+        """One model turn; raises TimeoutError, ContextOverflow or ModelError."""
+        ...
+
+
+class ContextOverflow(ModelError):
+    """The API refused the request as longer than the model's context window.
+
+    `window` and `prompt_tokens` are what the API's message said, when it said them."""
+
+    def __init__(self, message: str, *, window: int | None = None, prompt_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.window, self.prompt_tokens = window, prompt_tokens
+
+
+_OVERFLOW = re.compile(r"prompt is too long|context (length|window|size|limit)|maximum context|too many tokens", re.IGNORECASE)
+
+
+def api_error(status: int, message: str) -> ModelError:
+    """The error for a failed request, a ContextOverflow when the message says the prompt was too long."""
+    text = f"model API error {status}: {message}"
+    if status not in (400, 413, 422) or not _OVERFLOW.search(message):
+        return ModelError(text)
+    # Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"; with max_tokens: "188240 + 21333 > 200000".
+    if match := re.search(r"(\d+) tokens > (\d+) maximum", message):
+        return ContextOverflow(text, prompt_tokens=int(match[1]), window=int(match[2]))
+    if match := re.search(r"(\d+) \+ (\d+) > (\d+)", message):
+        return ContextOverflow(text, prompt_tokens=int(match[1]), window=int(match[3]) - int(match[2]))
+    # OpenAI and vLLM: "This model's maximum context length is 32768 tokens. However, you requested ..."
+    match = re.search(r"maximum context length is (\d+)", message)
+    return ContextOverflow(text, window=int(match[1]) if match else None)
+
+
+def resolve_api_key(provider: str, key_variable: str | None) -> str | None:
+    """The key from the chosen variable; fails early, as bad input, when there is none.
+
+    None means the SDK finds its own credentials (ANTHROPIC_AUTH_TOKEN for the Anthropic API)."""
+    variable = key_variable or KEY_VARIABLES[provider]
+    if key := os.environ.get(variable):
+        return key
+    if provider == "anthropic" and key_variable is None and os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        return None
+    if provider == "openai":
+        raise UsageError(f"{variable} is not set (a local server that needs no key accepts any value, e.g. {variable}=none)")
+    if key_variable is not None:
+        raise UsageError(f"{variable} is not set (--api-key-env names the variable holding the API key)")
+    raise UsageError(f"{variable} is not set (export it, or try `airlock demo`, which needs no key)")
+
+
+def check_provider(provider: str) -> str:
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    if provider == "openai" and not _installed("openai"):
+        raise UsageError("the openai provider needs the openai package: pip install 'airlock[openai]'")
+    return provider
+
+
+def _installed(package: str) -> bool:
+    """Without importing it: the import is slow, and happens on a background thread once the run starts."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # an import hook refused it, or a broken entry in sys.modules
+        return False
+
+
+def make_provider(
+    provider: str, model: str, *, api_key: str | None, base_url: str | None = None, rate_limit_file: Path | None = None
+) -> Provider:
+    """The adapter for `provider`, its SDK importing in the background. `rate_limit_file`: see orchestrator.backoff."""
+    check_provider(provider)
+    if provider == "openai":
+        from orchestrator.providers.openai_api import OpenAIModel
+
+        return OpenAIModel(model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file)
+    from orchestrator.providers.anthropic_api import AnthropicModel
+
+    return AnthropicModel(model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file)

@@ -1,0 +1,127 @@
+"""The Anthropic Messages API adapter: one request per step, prompt caching, usage accounting.
+
+The SDK reads ANTHROPIC_BASE_URL (and ANTHROPIC_AUTH_TOKEN) itself and retries 408/409/429/5xx/529
+with backoff, honouring retry-after; what still fails is a `ModelError` carrying the API's own message.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import anthropic
+
+from orchestrator.conversation import MAX_TOKENS, Message, Reply, Text, ToolCall, ToolResult, Usage
+from orchestrator.errors import ModelError
+from orchestrator.providers import api_error
+from orchestrator.tool_specs import tool_schemas
+
+# Below the SDK's non-streaming ceiling (it refuses requests it expects to take over 10 minutes).
+MAX_OUTPUT_TOKENS = 16_000
+CACHE = {"type": "ephemeral"}
+
+
+class AnthropicModel:
+    name = "anthropic"
+
+    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None) -> None:
+        self.model = model
+        self.usage = Usage()
+        self.tools = [{"name": t["name"], "description": t["description"], "input_schema": t["schema"]} for t in tool_schemas()]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anthropic-import")
+        self._client: Future[anthropic.Anthropic] = pool.submit(_make_client, api_key, base_url, max_retries, rate_limit_file)
+        pool.shutdown(wait=False)
+
+    @property
+    def client(self) -> anthropic.Anthropic:
+        return self._client.result()
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.base_url)
+
+    def request(self, system: str, messages: list[Message]) -> dict[str, Any]:
+        """The request body. Cache breakpoints: tools, system prompt, task (the stable prefix), and the moving tail.
+
+        Messages are rendered afresh each time and only the copy is marked, so earlier turns stay
+        byte-identical from request to request and keep hitting the cache."""
+        tools = [*self.tools[:-1], {**self.tools[-1], "cache_control": CACHE}]
+        rendered = [_render(message) for message in messages]
+        for marked in {0, len(rendered) - 1}:  # the task, and the tail (the same message on the first step)
+            rendered[marked]["content"][-1]["cache_control"] = CACHE
+        return {
+            "model": self.model,
+            "max_tokens": MAX_OUTPUT_TOKENS,
+            "system": [{"type": "text", "text": system, "cache_control": CACHE}],
+            "tools": tools,
+            "messages": rendered,
+        }
+
+    def complete(self, system: str, messages: list[Message], timeout: float) -> Reply:
+        import anthropic
+
+        try:
+            response = self.client.messages.create(**self.request(system, messages), timeout=timeout)
+        except anthropic.APITimeoutError:
+            raise TimeoutError from None
+        except anthropic.APIStatusError as exc:
+            raise api_error(exc.status_code, _api_message(exc)) from None
+        except anthropic.APIConnectionError as exc:
+            raise ModelError(f"cannot reach the model API at {self.base_url}: {exc.__cause__ or exc}") from None
+        usage = None
+        if response.usage is not None:
+            usage = Usage()
+            usage.add(response.usage)  # cache counts may be None
+            self.usage.add(usage)
+        stop = response.stop_reason or ""
+        # A reply the context window cut short is a cut-off reply: the conversation is trimmed before the next request.
+        stop = MAX_TOKENS if stop == "model_context_window_exceeded" else stop
+        return Reply(message=_parse(response.content), stop_reason=stop, usage=usage, raw=response.model_dump(mode="json"))
+
+
+def _make_client(api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> anthropic.Anthropic:
+    import anthropic
+
+    http_client = None
+    if rate_limit_file is not None:
+        from orchestrator.backoff import SharedBackoff
+
+        # The SDK's own client defaults (timeouts, limits, keep-alive), plus the shared backoff's hooks.
+        http_client = anthropic.DefaultHttpxClient(event_hooks=SharedBackoff(rate_limit_file).event_hooks())
+    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http_client)
+
+
+def _render(message: Message) -> dict[str, Any]:
+    blocks: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, Text):
+            if part.text:  # the API refuses empty text blocks
+                blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ToolCall):
+            blocks.append({"type": "tool_use", "id": part.id, "name": part.name, "input": part.arguments})
+        elif isinstance(part, ToolResult):
+            blocks.append({"type": "tool_result", "tool_use_id": part.call_id, "content": part.output, "is_error": part.is_error})
+    return {"role": message.role, "content": blocks or [{"type": "text", "text": "(empty reply)"}]}
+
+
+def _parse(content: list[Any]) -> Message:
+    parts: list[Text | ToolCall] = []
+    for block in content:
+        if block.type == "text":
+            parts.append(Text(text=block.text))
+        elif block.type == "tool_use":
+            arguments = block.input if isinstance(block.input, dict) else {}
+            problem = None if isinstance(block.input, dict) else "The tool input must be a JSON object."
+            parts.append(ToolCall(id=block.id, name=block.name, arguments=arguments, problem=problem))
+    return Message(role="assistant", content=parts)
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return f"{error['message']} ({error.get('type', 'error')})"
+    return str(exc.message)

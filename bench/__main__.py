@@ -4,6 +4,8 @@
    `docker exec` per call, both running `bash -c true` in the same sandbox.
 2. Start-up: from launching `airlock run` to the first model request reaching the (scripted) API,
    versus a bare `docker run --rm <image> true`.
+3. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
+   versus cache price per step, next to a loop that neither caches nor trims.
 Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
 """
 
@@ -24,7 +26,8 @@ from orchestrator.config import new_run_id
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.image import DEFAULT_IMAGE
 from orchestrator.sandbox import Sandbox, SandboxSpec
-from orchestrator.scripted_model import ScriptedMessagesAPI, reply, text
+from bench import tokens
+from orchestrator.scripted_model import ScriptedModelServer, reply, text
 
 CALLS = 60
 STARTS = 5
@@ -58,9 +61,9 @@ def time_to_first_request() -> list[float]:
 
         def answer(request: dict) -> dict:
             first.set()
-            return reply(text("done"))(request)
+            return reply(text("done"))
 
-        with ScriptedMessagesAPI([answer]) as api, tempfile.TemporaryDirectory() as out:
+        with ScriptedModelServer([answer]) as api, tempfile.TemporaryDirectory() as out:
             env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url}
             started = time.perf_counter()
             proc = subprocess.Popen(
@@ -92,7 +95,8 @@ def main() -> None:
     print(f"  speed-up: {statistics.median(per_exec) / statistics.median(server):.1f}x\n")
     print("start-up")
     print(f"  airlock run -> first model request {_ms(time_to_first_request())}")
-    print(f"  baseline: docker run --rm true     {_ms(bare_container_start(client))}")
+    print(f"  baseline: docker run --rm true     {_ms(bare_container_start(client))}\n")
+    tokens.main()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,8 +119,21 @@ def test_prompt_caching_marks_the_stable_prefix_and_the_moving_tail(run_scripted
         assert "cache_control" in messages[0]["content"][-1] and "cache_control" in messages[-1]["content"][-1]
         marked = [m for m in messages if any("cache_control" in block for block in m["content"])]
         assert len(marked) <= 2  # at most four breakpoints: tools, system, task, tail
-    # The prefix is byte-identical from request to request.
+    # The prefix is byte-identical from request to request: each request repeats the previous one exactly
+    # (cache marks aside) and appends to it.
     assert api.requests[0]["system"] == api.requests[2]["system"] and api.requests[0]["tools"] == api.requests[2]["tools"]
+    unmarked = [_without_cache_marks(request["messages"]) for request in api.requests]
+    assert all(later[: len(earlier)] == earlier for earlier, later in zip(unmarked, unmarked[1:]))
+    # Nothing run-specific is in it: a second run (another run id, another time) sends the same stable prefix.
+    again, api2 = run_scripted(calculator_repo, turns[:1] + [reply(text("done"))])
+    assert again.exit_code == 0
+    assert result.record["run_id"] not in json.dumps(api.requests) and again.record["run_id"] not in json.dumps(api2.requests)
+    prefix = [(first["tools"], first["system"], _without_cache_marks(first["messages"])[:1]) for first in (api.requests[0], api2.requests[0])]
+    assert prefix[0] == prefix[1]
+
+
+def _without_cache_marks(messages: list[dict]) -> list[dict]:
+    return [{**m, "content": [{k: v for k, v in block.items() if k != "cache_control"} for block in m["content"]]} for m in messages]
 
 
 def test_unreachable_docker_is_a_clear_exit_3(calculator_repo: Path, tmp_path: Path) -> None:

@@ -108,6 +108,12 @@ def print_table(console: Console, rows: list[dict[str, Any]], sums: dict[str, An
         money(sums["cost_usd"], sums["tasks_with_unknown_cost"] > 0), duration(sums["duration_s"]), str(sums["files_changed"]),
     )  # fmt: skip
     console.print(table)
+    tokens = sums["tokens"]
+    console.print(
+        f"tokens: in {tokens['input_tokens']:,} · cache read {tokens['cache_read_input_tokens']:,} · "
+        f"cache write {tokens['cache_creation_input_tokens']:,} · out {tokens['output_tokens']:,}",
+        highlight=False,
+    )
     for row in rows:
         if row["error"] and row["status"] != "completed":
             console.print(f"[red]{escape(row['id'])}[/]: {escape(row['error'])}", highlight=False)

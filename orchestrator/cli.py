@@ -225,7 +225,7 @@ def apply(
 def doctor(
     image: Annotated[Optional[str], typer.Option(help="Sandbox image to check.")] = None,
 ) -> None:
-    """Check the Docker daemon, runc, the sandbox image and the API key, and say what to do about each."""
+    """Check the Docker daemon, runc, the sandbox image, the API key and the openai provider, and say what to do about each."""
     from orchestrator.doctor import render, run_checks
 
     checks = run_checks(image or _default_image())

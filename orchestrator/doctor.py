@@ -71,7 +71,7 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
             checks.append(_gvisor_check(info))
         finally:
             client.close()
-    checks.append(_api_key_check())
+    checks += [_api_key_check(), _openai_check()]
     return checks
 
 
@@ -205,9 +205,22 @@ def _api_key_check() -> Check:
     return Check(
         "ANTHROPIC_API_KEY",
         False,
-        "not set: `airlock run` cannot call the model",
+        "not set: `airlock run` cannot call Claude",
         "export ANTHROPIC_API_KEY=...  (or try `airlock demo`, which needs no key)",
+        required=not os.environ.get("OPENAI_API_KEY", "").strip(),  # not needed by who only uses --provider openai
     )
+
+
+def _openai_check() -> Check:
+    """Informational: the optional provider for OpenAI-compatible servers."""
+    from orchestrator.providers import installed
+
+    if not installed("openai"):
+        return Check("openai provider", False, "the openai package is not installed (optional)", "pip install 'airlock[openai]'", required=False)
+    if not os.environ.get("OPENAI_API_KEY", "").strip():
+        fix = "export OPENAI_API_KEY=...  (any value for a local server that needs no key)"
+        return Check("openai provider", False, "installed; OPENAI_API_KEY is not set", fix, required=False)
+    return Check("openai provider", True, "installed, OPENAI_API_KEY set", required=False)
 
 
 def render(checks: list[Check], console: Any) -> None:

@@ -602,6 +602,7 @@ def _step(step: Step, anchor: str, *, last: bool) -> str:
     parts.append(f'<div class="step-head">{" · ".join(info)}</div>')
     if step.thinking:
         parts.append(f'<details class="more"><summary>thinking</summary><div class="plan prose thinking">{_t(step.thinking)}</div></details>')
+    parts += [f'<div class="step-head">{_t(note)}</div>' for note in step.notes]
     if step.text:
         parts.append(f'<div class="plan prose">{_t(step.text)}</div>')
     parts += [_call(call) for call in step.tool_calls]

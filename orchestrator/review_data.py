@@ -114,6 +114,7 @@ class Step(BaseModel):
     thinking: str = ""
     stop_reason: str | None = None
     output_tokens: int | None = None
+    notes: list[str] = Field(default_factory=list)  # context trims and what the model adapter worked around
     tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
@@ -201,6 +202,12 @@ def _add_event(traj: Trajectory, steps: dict[int, Step], event: dict[str, Any]) 
         stop = event.get("stop_reason", response.get("stop_reason"))
         step.stop_reason = stop if isinstance(stop, str) else None
         step.output_tokens = _int(_dict(event.get("usage", response.get("usage"))).get("output_tokens"))
+        notes = event.get("notes")
+        step.notes += [_text(note) for note in notes] if isinstance(notes, list) else []
+    elif kind == "context_trimmed":
+        stubbed = event.get("stubbed")
+        count = len(stubbed) if isinstance(stubbed, list) else "some"
+        _step(steps, event).notes.append(f"context trimmed ({_text(event.get('reason', ''))}): {count} old tool results replaced by a stub")
     elif kind == "tool_call":
         output = _text(event.get("output", ""))
         _step(steps, event).tool_calls.append(

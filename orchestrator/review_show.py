@@ -214,6 +214,8 @@ def _trajectory(run: RunData, console: Console) -> None:
 def _step(step: Step, console: Console) -> None:
     line = join(Text(f"{step.number:>3} ", style="bold"), safe(_first_line(step.text), "italic") if step.text else Text("(no text)", style="dim"))
     console.print(line)
+    for note in step.notes:
+        console.print(join(Text("    · ", style="dim"), safe(note, "dim")))
     for call in step.tool_calls:
         _call(call, console)
 

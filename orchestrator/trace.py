@@ -43,7 +43,8 @@ class Trace:
         if banner:
             self.console.print(Text(f" {banner} ", style="bold black on yellow"))
         box = record.sandbox
-        self.console.print(f"[bold]airlock run[/] [cyan]{record.run_id}[/]  repo {escape(record.repo)}  model {escape(record.model)}")
+        via = "" if record.provider == "anthropic" else f" via {record.provider}"
+        self.console.print(f"[bold]airlock run[/] [cyan]{record.run_id}[/]  repo {escape(record.repo)}  model {escape(record.model)}{escape(via)}")
         self.console.print(
             f"[dim]sandbox {escape(box['image'])} · cpus {box['cpus']} · memory {human_size(box['memory'])} · "
             f"disk {human_size(box['disk'])} · pids {box['pids_limit']} · network {box['network']}[/]"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conftest import airlock
 from orchestrator.demo import long_run_script
 from orchestrator.scripted_model import ANTHROPIC, OPENAI, prompt_tokens, reply, text
 
@@ -57,6 +58,8 @@ def test_a_long_run_is_trimmed_in_large_steps_below_the_configured_window(run_sc
     assert all(before > 0.75 * WINDOW and before - after >= WINDOW // 5 and after < 0.6 * WINDOW for before, after in freed), freed
     assert all(len(t["stubbed"]) >= 3 and t["window"] == WINDOW for t in trims)
     assert "context trimmed" in result.stdout
+    shown = airlock("show", str(result.out))  # and a reviewer sees where it happened
+    assert shown.returncode == 0 and shown.stdout.count("old tool results replaced by a stub") == len(trims)
 
     # Between trims, each request only appends to the previous one: old turns are never rewritten.
     trimmed_before = {t["step"] for t in trims}

@@ -15,6 +15,7 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 
 def test_daemon_and_image_ok_and_missing_key_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     checks = by_name(run_checks(DEFAULT_IMAGE))
 
     assert checks["Docker daemon"].ok, checks["Docker daemon"].detail
@@ -24,6 +25,16 @@ def test_daemon_and_image_ok_and_missing_key_reported(monkeypatch: pytest.Monkey
     key = checks["ANTHROPIC_API_KEY"]
     assert not key.ok and key.required
     assert "export ANTHROPIC_API_KEY" in key.fix and "airlock demo" in key.fix
+
+
+def test_openai_provider_is_reported_and_makes_the_anthropic_key_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert not by_name(run_checks(DEFAULT_IMAGE))["openai provider"].ok
+    monkeypatch.setenv("OPENAI_API_KEY", "none")
+    checks = by_name(run_checks(DEFAULT_IMAGE))
+    assert checks["openai provider"].ok and checks["openai provider"].detail == "installed, OPENAI_API_KEY set"
+    assert not checks["ANTHROPIC_API_KEY"].ok and not checks["ANTHROPIC_API_KEY"].required
 
 
 def test_api_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:

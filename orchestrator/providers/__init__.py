@@ -84,12 +84,12 @@ def resolve_api_key(provider: str, key_variable: str | None) -> str | None:
 def check_provider(provider: str) -> str:
     if provider not in PROVIDERS:
         raise UsageError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
-    if provider == "openai" and not _installed("openai"):
+    if provider == "openai" and not installed("openai"):
         raise UsageError("the openai provider needs the openai package: pip install 'airlock[openai]'")
     return provider
 
 
-def _installed(package: str) -> bool:
+def installed(package: str) -> bool:
     """Without importing it: the import is slow, and happens on a background thread once the run starts."""
     try:
         return importlib.util.find_spec(package) is not None

@@ -83,7 +83,8 @@ class OpenAIModel:
     def _refused_parameter(self, status: int, message: str) -> str | None:
         if status not in (400, 422):
             return None
-        return next((name for name in self.optional if name in message), None)
+        # vLLM, for one, words it '"auto" tool choice requires --enable-auto-tool-choice ...'.
+        return next((name for name in self.optional if name in message or name.replace("_", " ") in message), None)
 
 
 def _make_client(api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> openai.OpenAI:

@@ -8,11 +8,13 @@ each SDK is imported on a background thread (over a second), while the sandbox s
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.conversation import Message, Reply, Usage
 from orchestrator.errors import ModelError, UsageError
@@ -95,6 +97,47 @@ def installed(package: str) -> bool:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):  # an import hook refused it, or a broken entry in sys.modules
         return False
+
+
+def sdk_client(sdk: str, api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> Future[Any]:
+    """The SDK's client (`anthropic.Anthropic` or `openai.OpenAI`), made on a background thread.
+
+    `rate_limit_file`: the SDK's own HTTP client defaults plus the hooks of a backoff shared with the other
+    runs of a batch (see orchestrator.backoff). Both SDKs retry with backoff themselves, honouring retry-after."""
+
+    def make() -> Any:
+        module = importlib.import_module(sdk)
+        http_client = None
+        if rate_limit_file is not None:
+            from orchestrator.backoff import SharedBackoff
+
+            http_client = module.DefaultHttpxClient(event_hooks=SharedBackoff(rate_limit_file).event_hooks())
+        client_class = module.Anthropic if sdk == "anthropic" else module.OpenAI
+        return client_class(api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http_client)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{sdk}-import")
+    future = pool.submit(make)
+    pool.shutdown(wait=False)
+    return future
+
+
+class SdkModel:
+    """What both adapters share: the model's name, the usage summed over its replies, and the SDK client."""
+
+    name: str  # the SDK's module name, as the provider is called
+
+    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None) -> None:
+        self.model = model
+        self.usage = Usage()
+        self._client = sdk_client(self.name, api_key, base_url, max_retries, rate_limit_file)
+
+    @property
+    def client(self) -> Any:
+        return self._client.result()
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.base_url)
 
 
 def make_provider(

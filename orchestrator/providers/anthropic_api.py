@@ -6,8 +6,6 @@ with backoff, honouring retry-after; what still fails is a `ModelError` carrying
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,7 +13,7 @@ if TYPE_CHECKING:
 
 from orchestrator.conversation import MAX_TOKENS, Message, Reply, Text, ToolCall, ToolResult, Usage
 from orchestrator.errors import ModelError
-from orchestrator.providers import api_error
+from orchestrator.providers import SdkModel, api_error
 from orchestrator.tool_specs import tool_schemas
 
 # Below the SDK's non-streaming ceiling (it refuses requests it expects to take over 10 minutes).
@@ -23,24 +21,10 @@ MAX_OUTPUT_TOKENS = 16_000
 CACHE = {"type": "ephemeral"}
 
 
-class AnthropicModel:
+class AnthropicModel(SdkModel):
     name = "anthropic"
-
-    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None) -> None:
-        self.model = model
-        self.usage = Usage()
-        self.tools = [{"name": t["name"], "description": t["description"], "input_schema": t["schema"]} for t in tool_schemas()]
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anthropic-import")
-        self._client: Future[anthropic.Anthropic] = pool.submit(_make_client, api_key, base_url, max_retries, rate_limit_file)
-        pool.shutdown(wait=False)
-
-    @property
-    def client(self) -> anthropic.Anthropic:
-        return self._client.result()
-
-    @property
-    def base_url(self) -> str:
-        return str(self.client.base_url)
+    # Rendered once: the same bytes in every request.
+    tools = [{"name": t["name"], "description": t["description"], "input_schema": t["schema"]} for t in tool_schemas()]
 
     def request(self, system: str, messages: list[Message]) -> dict[str, Any]:
         """The request body. Cache breakpoints: tools, system prompt, task (the stable prefix), and the moving tail.
@@ -79,18 +63,6 @@ class AnthropicModel:
         # A reply the context window cut short is a cut-off reply: the conversation is trimmed before the next request.
         stop = MAX_TOKENS if stop == "model_context_window_exceeded" else stop
         return Reply(message=_parse(response.content), stop_reason=stop, usage=usage, raw=response.model_dump(mode="json"))
-
-
-def _make_client(api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> anthropic.Anthropic:
-    import anthropic
-
-    http_client = None
-    if rate_limit_file is not None:
-        from orchestrator.backoff import SharedBackoff
-
-        # The SDK's own client defaults (timeouts, limits, keep-alive), plus the shared backoff's hooks.
-        http_client = anthropic.DefaultHttpxClient(event_hooks=SharedBackoff(rate_limit_file).event_hooks())
-    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http_client)
 
 
 def _render(message: Message) -> dict[str, Any]:

@@ -10,8 +10,6 @@ bound the reply by the context left, and some refuse a max_tokens that does not 
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,7 +17,7 @@ if TYPE_CHECKING:
 
 from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Reply, Text, ToolCall, Usage
 from orchestrator.errors import ModelError
-from orchestrator.providers import api_error
+from orchestrator.providers import SdkModel, api_error
 from orchestrator.tool_specs import tool_schemas
 
 # Sent so servers behave the same way, but optional: a server that refuses one gets requests without it.
@@ -27,25 +25,14 @@ OPTIONAL_PARAMETERS = {"tool_choice": "auto", "parallel_tool_calls": True}
 ERROR_PREFIX = "ERROR: "  # tool messages have no error flag: the model reads it from the text
 
 
-class OpenAIModel:
+class OpenAIModel(SdkModel):
     name = "openai"
+    # Rendered once: the same bytes in every request.
+    tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"], "parameters": t["schema"]}} for t in tool_schemas()]
 
-    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None) -> None:
-        self.model = model
-        self.usage = Usage()
-        self.tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"], "parameters": t["schema"]}} for t in tool_schemas()]
-        self.optional = dict(OPTIONAL_PARAMETERS)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-import")
-        self._client: Future[openai.OpenAI] = pool.submit(_make_client, api_key, base_url, max_retries, rate_limit_file)
-        pool.shutdown(wait=False)
-
-    @property
-    def client(self) -> openai.OpenAI:
-        return self._client.result()
-
-    @property
-    def base_url(self) -> str:
-        return str(self.client.base_url)
+    def __init__(self, model: str, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.optional = dict(OPTIONAL_PARAMETERS)  # less what the server refused
 
     def request(self, system: str, messages: list[Message]) -> dict[str, Any]:
         rendered = [{"role": "system", "content": system}]
@@ -85,17 +72,6 @@ class OpenAIModel:
             return None
         # vLLM, for one, words it '"auto" tool choice requires --enable-auto-tool-choice ...'.
         return next((name for name in self.optional if name in message or name.replace("_", " ") in message), None)
-
-
-def _make_client(api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> openai.OpenAI:
-    import openai
-
-    http_client = None
-    if rate_limit_file is not None:
-        from orchestrator.backoff import SharedBackoff
-
-        http_client = openai.DefaultHttpxClient(event_hooks=SharedBackoff(rate_limit_file).event_hooks())
-    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http_client)
 
 
 def _render(message: Message) -> list[dict[str, Any]]:

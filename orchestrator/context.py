@@ -11,7 +11,6 @@ added since; when the API refuses a request as too long anyway, its message corr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from orchestrator.conversation import Message, ToolResult, Usage
@@ -25,7 +24,7 @@ DEFAULT_WINDOWS = {"anthropic": 200_000, "openai": 128_000}
 
 
 def conversation_chars(messages: list[Message]) -> int:
-    return sum(len(json.dumps(message.model_dump(mode="json"), ensure_ascii=False)) for message in messages)
+    return sum(message.chars() for message in messages)
 
 
 @dataclass(frozen=True)
@@ -72,14 +71,18 @@ class ContextWindow:
         before, target = self._estimate(chars), TRIM_TO * self.tokens
         stubbed: list[str] = []
         # The last message holds the results the model has not seen yet.
-        seen = [(message, index) for message in messages[:-1] for index, part in enumerate(message.content) if isinstance(part, ToolResult)]
-        for message, index in seen[: max(0, len(seen) - KEEP_SEEN)]:
-            part = message.content[index]
+        seen = [
+            (number, index) for number, message in enumerate(messages[:-1]) for index, part in enumerate(message.content) if isinstance(part, ToolResult)
+        ]
+        for number, index in seen[: max(0, len(seen) - KEEP_SEEN)]:
             if self._estimate(chars) <= target:
                 break
+            part = messages[number].content[index]
             if isinstance(part, ToolResult) and len(part.output) > len(STUB):
                 stub = STUB.format(chars=len(part.output))
-                message.content[index] = part.model_copy(update={"output": stub})
+                content = list(messages[number].content)
+                content[index] = part.model_copy(update={"output": stub})
+                messages[number] = Message(role=messages[number].role, content=content)  # a new message: its size is new
                 chars -= len(part.output) - len(stub)
                 stubbed.append(part.call_id)
         if not stubbed:

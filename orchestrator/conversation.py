@@ -6,9 +6,10 @@ back into a `Reply`; the loop, the trajectory and the context trimming only ever
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 # Why the model stopped, in the loop's words (each adapter maps its API's values onto these).
 END_TURN, TOOL_USE, MAX_TOKENS = "end_turn", "tool_use", "max_tokens"
@@ -46,8 +47,18 @@ Part = Annotated[Union[Text, ToolCall, ToolResult], Field(discriminator="type")]
 
 
 class Message(BaseModel):
+    # A turn, once made, is never changed in place (trimming replaces it whole), so its size is computed once.
+    model_config = ConfigDict(frozen=True)
+
     role: Literal["user", "assistant"]
     content: list[Part]
+    _chars: int | None = PrivateAttr(None)
+
+    def chars(self) -> int:
+        """Characters of the message as JSON: what the context-window estimate counts."""
+        if self._chars is None:
+            self._chars = len(json.dumps(self.model_dump(mode="json"), ensure_ascii=False))
+        return self._chars
 
     @property
     def text(self) -> str:

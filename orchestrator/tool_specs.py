@@ -6,6 +6,7 @@ wrong type comes back to the model as an `is_error` tool result it can correct.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -94,10 +95,11 @@ def _description(model: type[ToolArgs]) -> str:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
+@functools.cache
 def tool_schemas() -> list[dict[str, Any]]:
     """Name, description and JSON Schema of every tool, in a fixed order so a cached prompt prefix never changes.
 
-    Each provider adapter renders these into its own API's tool format."""
+    Each provider adapter renders these into its own API's tool format. Made once; read-only."""
     schemas = []
     for name, model in TOOLS.items():
         schema = model.model_json_schema()

@@ -14,7 +14,7 @@ import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from orchestrator.conversation import Message, Reply, Usage
 from orchestrator.errors import ModelError, UsageError
@@ -24,19 +24,6 @@ DEFAULT_PROVIDER = "anthropic"
 # A current Sonnet model (claude-sonnet-4-5 reaches end of life on 2026-11-30).
 DEFAULT_MODEL = "claude-sonnet-5-5"
 KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-
-
-class Provider(Protocol):
-    name: str  # "anthropic" or "openai"
-    model: str
-    usage: Usage  # summed over every reply
-
-    @property
-    def base_url(self) -> str: ...
-
-    def complete(self, system: str, messages: list[Message], timeout: float) -> Reply:
-        """One model turn; raises TimeoutError, ContextOverflow or ModelError."""
-        ...
 
 
 class ContextOverflow(ModelError):
@@ -121,10 +108,12 @@ def sdk_client(sdk: str, api_key: str | None, base_url: str | None, max_retries:
     return future
 
 
-class SdkModel:
-    """What both adapters share: the model's name, the usage summed over its replies, and the SDK client."""
+class Provider:
+    """What the agent loop uses of a model, whichever API: each adapter subclasses this and adds `complete`.
 
-    name: str  # the SDK's module name, as the provider is called
+    It holds the model's name, the usage summed over its replies, and the SDK client made in the background."""
+
+    name: str  # the provider, which is also the SDK's module name
 
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None) -> None:
         self.model = model
@@ -138,6 +127,10 @@ class SdkModel:
     @property
     def base_url(self) -> str:
         return str(self.client.base_url)
+
+    def complete(self, system: str, messages: list[Message], timeout: float) -> Reply:
+        """One model turn; raises TimeoutError, ContextOverflow or ModelError."""
+        raise NotImplementedError
 
 
 def make_provider(

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from orchestrator.conversation import MAX_TOKENS, Message, Reply, Text, ToolCall, ToolResult, Usage
 from orchestrator.errors import ModelError
-from orchestrator.providers import SdkModel, api_error
+from orchestrator.providers import Provider, api_error
 from orchestrator.tool_specs import tool_schemas
 
 # Below the SDK's non-streaming ceiling (it refuses requests it expects to take over 10 minutes).
@@ -21,7 +21,7 @@ MAX_OUTPUT_TOKENS = 16_000
 CACHE = {"type": "ephemeral"}
 
 
-class AnthropicModel(SdkModel):
+class AnthropicModel(Provider):
     name = "anthropic"
     # Rendered once: the same bytes in every request.
     tools = [{"name": t["name"], "description": t["description"], "input_schema": t["schema"]} for t in tool_schemas()]

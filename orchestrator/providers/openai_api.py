@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Reply, Text, ToolCall, Usage
 from orchestrator.errors import ModelError
-from orchestrator.providers import SdkModel, api_error
+from orchestrator.providers import Provider, api_error
 from orchestrator.tool_specs import tool_schemas
 
 # Sent so servers behave the same way, but optional: a server that refuses one gets requests without it.
@@ -25,7 +25,7 @@ OPTIONAL_PARAMETERS = {"tool_choice": "auto", "parallel_tool_calls": True}
 ERROR_PREFIX = "ERROR: "  # tool messages have no error flag: the model reads it from the text
 
 
-class OpenAIModel(SdkModel):
+class OpenAIModel(Provider):
     name = "openai"
     # Rendered once: the same bytes in every request.
     tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"], "parameters": t["schema"]}} for t in tool_schemas()]

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AIRLOCK := $(VENV)/bin/airlock
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv docker image test-deps test demo bench clean
+.PHONY: setup venv docker image test-deps test test-unit lint demo bench clean
 
 setup: venv docker image
 
@@ -28,6 +28,15 @@ test-deps:
 
 test: setup test-deps
 	$(PY) -m pytest tests
+
+# The tests that need no Docker engine (nor anything else beyond the venv), with none reachable.
+test-unit: venv
+	DOCKER_HOST=unix:///nonexistent $(PY) -m pytest tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 demo: setup
 	$(AIRLOCK) demo

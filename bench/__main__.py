@@ -22,12 +22,13 @@ from pathlib import Path
 
 import docker
 
-from orchestrator.config import new_run_id
-from orchestrator.demo import CALCULATOR_REPO
-from orchestrator.image import DEFAULT_IMAGE
-from orchestrator.sandbox import Sandbox, SandboxSpec
 from bench import tokens
-from orchestrator.scripted_model import ScriptedModelServer, reply, text
+from orchestrator.demo import CALCULATOR_REPO
+from orchestrator.providers.scripted import ScriptedModelServer, reply, text
+from orchestrator.run.config import new_run_id
+from orchestrator.sandbox.docker_backend import DockerBackend
+from orchestrator.sandbox.driver import Sandbox
+from orchestrator.sandbox.spec import DEFAULT_IMAGE, SandboxSpec
 
 CALLS = 60
 STARTS = 5
@@ -38,7 +39,10 @@ def _ms(seconds: list[float]) -> str:
 
 
 def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[float]]:
-    with Sandbox(client, SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}")) as sandbox:
+    spec = SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}")
+    box = DockerBackend(client).start(spec)
+    sandbox = Sandbox(box, spec)
+    try:
         sandbox.copy_in(CALCULATOR_REPO)
         sandbox.install_tools()
         channel = sandbox.start_tool_server()
@@ -48,9 +52,11 @@ def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[floa
             channel.call("run_bash", {"command": "true"}, timeout=30)
             server.append(time.perf_counter() - started)
             started = time.perf_counter()
-            sandbox.container.exec_run(["bash", "-c", "true"], user="1000:1000", workdir="/workspace")
+            box.container.exec_run(["bash", "-c", "true"], user="1000:1000", workdir="/workspace")
             per_exec.append(time.perf_counter() - started)
         channel.close()
+    finally:
+        sandbox.remove()
     return server, per_exec
 
 
@@ -59,7 +65,7 @@ def time_to_first_request() -> list[float]:
     for _ in range(STARTS):
         first = threading.Event()
 
-        def answer(request: dict) -> dict:
+        def answer(request: dict, first: threading.Event = first) -> dict:
             first.set()
             return reply(text("done"))
 

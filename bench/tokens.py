@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.demo import CALCULATOR_REPO, CALCULATOR_TASK, calculator_script, long_run_script
-from orchestrator.scripted_model import ANTHROPIC, ScriptedModelServer, Turn, prompt_tokens
+from orchestrator.providers.scripted import ANTHROPIC, ScriptedModelServer, Turn, prompt_tokens
 
 CACHE_WRITE, CACHE_READ = 1.25, 0.1  # price multipliers of the 5-minute cache, against full-price input
 LONG_STEPS = 40
@@ -50,7 +50,7 @@ def measure(script: list[Turn], *options: str) -> tuple[list[Step], int]:
     trims = sum(event["type"] == "context_trimmed" for event in events)
     steps = [
         Step(u["input_tokens"], u["cache_creation_input_tokens"], u["cache_read_input_tokens"], prompt_tokens(ANTHROPIC, request))
-        for u, request in zip(usages, requests)
+        for u, request in zip(usages, requests, strict=True)
     ]
     return steps, trims
 
@@ -59,7 +59,7 @@ def report(title: str, steps: list[Step], baseline: list[int], note: str) -> Non
     print(title)
     print(f"  {note}")
     print(f"  {'step':>4}  {'full price':>10}  {'cache write':>11}  {'cache read':>10}  {'= full-price equiv.':>19}  {'baseline (no cache)':>19}")
-    for number, (step, base) in enumerate(zip(steps, baseline), 1):
+    for number, (step, base) in enumerate(zip(steps, baseline, strict=True), 1):
         print(f"  {number:>4}  {step.full:>10,}  {step.write:>11,}  {step.read:>10,}  {step.equivalent:>19,.0f}  {base:>19,}")
     total = sum(step.equivalent for step in steps)
     print(

@@ -10,16 +10,19 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from orchestrator.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
 from orchestrator.errors import AirlockError, UsageError
-from orchestrator.providers import DEFAULT_MODEL, DEFAULT_PROVIDER, PROVIDERS, Provider, check_provider, make_provider, resolve_api_key
-from orchestrator.record import RunRecord
+from orchestrator.providers import DEFAULT_MODEL, DEFAULT_PROVIDER, PROVIDERS, check_provider, make_provider, resolve_api_key
+from orchestrator.providers.base import Provider
+from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
+from orchestrator.run.record import RunRecord
+from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
+from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
 app = typer.Typer(
     name="airlock",
@@ -45,39 +48,36 @@ for _group in (app, image_app, policy_app):
     _group.callback(invoke_without_command=True)(_help_without_command)
 
 
-def _default_image() -> str:
-    from orchestrator.image import DEFAULT_IMAGE
-
-    return DEFAULT_IMAGE
-
-
 @app.command()
 def run(
     repo: Annotated[Path, typer.Argument(help="The repository folder to work on (never modified).")],
-    task: Annotated[Optional[str], typer.Option(help="What the agent should do.")] = None,
-    task_file: Annotated[Optional[Path], typer.Option(help="Read the task from this file.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: ./airlock-runs/<run-id>).")] = None,
+    task: Annotated[str | None, typer.Option(help="What the agent should do.")] = None,
+    task_file: Annotated[Path | None, typer.Option(help="Read the task from this file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: ./airlock-runs/<run-id>).")] = None,
     provider: Annotated[str, typer.Option(help=f"Model API: {' or '.join(PROVIDERS)} (any OpenAI-compatible chat-completions server).")] = DEFAULT_PROVIDER,
-    model: Annotated[Optional[str], typer.Option(help=f"Model name (default for anthropic: {DEFAULT_MODEL}; required for openai).")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="API base URL, e.g. http://localhost:8000/v1 for a vLLM server (default: the SDK's).")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
-    policy: Annotated[Optional[Path], typer.Option(help="Policy file (TOML); flags below override it (default: built-in defaults).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Most model requests before the run stops (default: 50).")] = None,
-    command_timeout: Annotated[Optional[float], typer.Option(help="Seconds before one shell command is killed (default: 120).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit of the whole run, in seconds (default: 3600).")] = None,
-    context_window: Annotated[Optional[int], typer.Option(help="The model's context window in tokens; old tool results are stubbed out near it (default: the model's).")] = None,
-    cpus: Annotated[Optional[float], typer.Option(help="CPU limit of the sandbox (default: 2).")] = None,
-    memory: Annotated[Optional[str], typer.Option(help="Memory limit of the sandbox, no swap (default: 4g).")] = None,
-    disk: Annotated[Optional[str], typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
-    pids: Annotated[Optional[int], typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
-    image: Annotated[Optional[str], typer.Option(help="Sandbox image (default: airlock-sandbox:latest).")] = None,
-    verify: Annotated[Optional[str], typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
+    model: Annotated[str | None, typer.Option(help=f"Model name (default for anthropic: {DEFAULT_MODEL}; required for openai).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL, e.g. http://localhost:8000/v1 for a vLLM server (default: the SDK's).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Policy file (TOML); flags below override it (default: built-in defaults).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Most model requests before the run stops (default: 50).")] = None,
+    command_timeout: Annotated[float | None, typer.Option(help="Seconds before one shell command is killed (default: 120).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-clock limit of the whole run, in seconds (default: 3600).")] = None,
+    context_window: Annotated[
+        int | None, typer.Option(help="The model's context window in tokens; old tool results are stubbed out near it (default: the model's).")
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU limit of the sandbox (default: 2).")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory limit of the sandbox, no swap (default: 4g).")] = None,
+    disk: Annotated[str | None, typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
+    pids: Annotated[int | None, typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
+    image: Annotated[str | None, typer.Option(help="Sandbox image (default: airlock-sandbox:latest).")] = None,
+    verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
+    backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
-    stop_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
-    rate_limit_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
+    stop_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    rate_limit_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
-    from orchestrator.policy import load_policy
+    from orchestrator.policy.model import load_policy
 
     model = _model_name(provider, model)
     overrides = dict(
@@ -96,6 +96,7 @@ def run(
         policy=effective,
         verify=verify,
         stop_file=stop_file,
+        backend=check_backend(backend),
     )
     record = _execute(config, make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file))
     _print_outputs(config.out)
@@ -110,10 +111,10 @@ def _model_name(provider: str, model: str | None) -> str:
     return model or DEFAULT_MODEL
 
 
-def _execute(config: RunConfig, model: Provider, banner: str | None = None) -> RunRecord:
-    from orchestrator.runner import Run
+def _execute(config: RunConfig, provider: Provider, banner: str | None = None) -> RunRecord:
+    from orchestrator.run.runner import Run
 
-    return Run(config, model, console).execute(banner)
+    return Run(config, provider, console).execute(banner)
 
 
 def _print_outputs(out: Path) -> None:
@@ -123,14 +124,17 @@ def _print_outputs(out: Path) -> None:
 @app.command()
 def replay(
     run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A recorded run's folder (run.json, trajectory.jsonl, patch.diff).")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder of the replay (default: ./airlock-runs/replay-<run-id>).")] = None,
-    repo: Annotated[Optional[Path], typer.Option(help="Replay against this repo instead of the recorded one (e.g. when it has moved).")] = None,
-    ignore_regex: Annotated[Optional[list[str]], typer.Option(metavar="PATTERN", help="Replace matches of this regex in tool outputs before comparing, repeatable (e.g. 'in [0-9.]+s').")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder of the replay (default: ./airlock-runs/replay-<run-id>).")] = None,
+    repo: Annotated[Path | None, typer.Option(help="Replay against this repo instead of the recorded one (e.g. when it has moved).")] = None,
+    ignore_regex: Annotated[
+        list[str] | None,
+        typer.Option(metavar="PATTERN", help="Replace matches of this regex in tool outputs before comparing, repeatable (e.g. 'in [0-9.]+s')."),
+    ] = None,
 ) -> None:
     """Re-run a recorded run with its recorded model responses in a fresh sandbox; report where tool results and the patch diverge.
 
     Exit 0 if the patch is byte-identical, no tool result diverged and the status is the same; 1 otherwise."""
-    from orchestrator.replay import replay as replay_run
+    from orchestrator.run.replay import replay as replay_run
 
     raise typer.Exit(replay_run(run_dir, out, repo, ignore_regex or [], console))
 
@@ -140,25 +144,25 @@ def batch(
     tasks: Annotated[Path, typer.Argument(help="Tasks: JSON Lines (.jsonl), YAML (.yaml/.yml), or a plain list of repos (one a line, with --task).")],
     out: Annotated[Path, typer.Option(help="Results folder: OUT/<id>/ per task, summary.json, predictions.jsonl. Re-running resumes.")],
     jobs: Annotated[int, typer.Option(min=1, help="Tasks running at once, each in its own sandbox.")] = 2,
-    task: Annotated[Optional[str], typer.Option(help="The task for every repo of a plain or YAML list, and for entries without one.")] = None,
+    task: Annotated[str | None, typer.Option(help="The task for every repo of a plain or YAML list, and for entries without one.")] = None,
     provider: Annotated[str, typer.Option(help=f"Model API of every task: {' or '.join(PROVIDERS)}.")] = DEFAULT_PROVIDER,
-    model: Annotated[Optional[str], typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
-    policy: Annotated[Optional[Path], typer.Option(help="Policy file for tasks without their own.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
-    image: Annotated[Optional[str], typer.Option(help="Sandbox image for tasks that do not name one.")] = None,
-    verify: Annotated[Optional[str], typer.Option(help="Verify command for tasks that do not give one.")] = None,
-    max_total_cost: Annotated[Optional[float], typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
+    model: Annotated[str | None, typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Policy file for tasks without their own.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
+    image: Annotated[str | None, typer.Option(help="Sandbox image for tasks that do not name one.")] = None,
+    verify: Annotated[str | None, typer.Option(help="Verify command for tasks that do not give one.")] = None,
+    max_total_cost: Annotated[float | None, typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
     redo: Annotated[bool, typer.Option(help="Run every task again, even those that finished earlier.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Run the valid tasks even if some entries are invalid.")] = False,
-    cache: Annotated[Optional[Path], typer.Option(help="Where git URLs are cloned (default: OUT/.cache/repos).")] = None,
-    allow_protocol: Annotated[Optional[list[str]], typer.Option(help="Git protocol allowed for cloning, repeatable (default: https only).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Where git URLs are cloned (default: OUT/.cache/repos).")] = None,
+    allow_protocol: Annotated[list[str] | None, typer.Option(help="Git protocol allowed for cloning, repeatable (default: https only).")] = None,
 ) -> None:
     """Run many tasks (repos x task) in parallel sandboxes, resumable, with a live board and a summary."""
-    from orchestrator.batch import BatchOptions, check_protocols, run_batch
-    from orchestrator.batch_tasks import Defaults
+    from orchestrator.batch.scheduler import BatchOptions, check_protocols, run_batch
+    from orchestrator.batch.tasks import Defaults
 
     if max_total_cost is not None and not max_total_cost > 0:
         raise UsageError(f"--max-total-cost must be more than 0, not {max_total_cost:g}")
@@ -180,13 +184,12 @@ def batch(
 
 @app.command()
 def demo(
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: ./airlock-runs/demo-<run-id>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: ./airlock-runs/demo-<run-id>).")] = None,
 ) -> None:
     """Fix the bundled calculator exercise: with Claude if ANTHROPIC_API_KEY is set, else with a scripted demo model."""
     from orchestrator.demo import CALCULATOR_REPO, CALCULATOR_TASK, TEST_COMMAND, calculator_script
-    from orchestrator.scripted_model import ScriptedModelServer
-
-    from orchestrator.policy import load_policy
+    from orchestrator.policy.model import load_policy
+    from orchestrator.providers.scripted import ScriptedModelServer
 
     run_id = new_run_id()
     config = RunConfig(
@@ -215,7 +218,7 @@ def apply(
     check: Annotated[bool, typer.Option(help="Only check that the patch applies cleanly.")] = False,
 ) -> None:
     """Apply a patch with `git apply` under a neutral git configuration (the repo's hooks and config never run)."""
-    from orchestrator.apply import apply_patch
+    from orchestrator.patch.apply import apply_patch
 
     result = apply_patch(patch, repo, allow_dirty=allow_dirty, check_only=check)
     console.print(result.message, markup=False)
@@ -223,33 +226,33 @@ def apply(
 
 @app.command()
 def doctor(
-    image: Annotated[Optional[str], typer.Option(help="Sandbox image to check.")] = None,
+    image: Annotated[str | None, typer.Option(help="Sandbox image to check.")] = None,
 ) -> None:
     """Check the Docker daemon, runc, the sandbox image, the API key and the openai provider, and say what to do about each."""
     from orchestrator.doctor import render, run_checks
 
-    checks = run_checks(image or _default_image())
+    checks = run_checks(image or DEFAULT_IMAGE)
     render(checks, console)
     raise typer.Exit(0 if all(check.ok or not check.required for check in checks) else 1)
 
 
 @image_app.command("build")
 def image_build(
-    tag: Annotated[Optional[str], typer.Option(help="Image tag (default: airlock-sandbox:latest).")] = None,
+    tag: Annotated[str | None, typer.Option(help="Image tag (default: airlock-sandbox:latest).")] = None,
     base: Annotated[str, typer.Option(help="auto, registry (FROM debian:bookworm-slim) or debian-packages (mmdebstrap, no registry).")] = "auto",
     rebuild: Annotated[bool, typer.Option(help="Build even if an up-to-date image exists.")] = False,
 ) -> None:
     """Build the sandbox image; works with no container registry by building the base from Debian packages."""
-    from orchestrator.image import build_image
+    from orchestrator.sandbox.image import build_image
 
-    built = build_image(tag or _default_image(), base=base, rebuild=rebuild, log=lambda line: console.print(line, style="dim", markup=False))
+    built = build_image(tag or DEFAULT_IMAGE, base=base, rebuild=rebuild, log=lambda line: console.print(line, style="dim", markup=False))
     console.print(f"sandbox image {built.tag}: " + (f"built in {built.seconds:.0f} s" if built.built else "up to date"))
 
 
 @policy_app.command("show")
-def policy_show(file: Annotated[Optional[Path], typer.Argument(help="Policy file (default: built-in defaults).")] = None) -> None:
+def policy_show(file: Annotated[Path | None, typer.Argument(help="Policy file (default: built-in defaults).")] = None) -> None:
     """Print the effective policy as TOML."""
-    from orchestrator.policy import load_policy
+    from orchestrator.policy.model import load_policy
 
     console.print(load_policy(file).to_toml(), markup=False, end="")
 
@@ -257,7 +260,7 @@ def policy_show(file: Annotated[Optional[Path], typer.Argument(help="Policy file
 @policy_app.command("check")
 def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to validate.")]) -> None:
     """Validate a policy file (exit 0 if valid, 2 with the file, line and key if not)."""
-    from orchestrator.policy import load_policy
+    from orchestrator.policy.model import load_policy
 
     load_policy(file)
     console.print(f"{file}: ok", markup=False)
@@ -266,23 +269,21 @@ def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to valid
 @app.command()
 def gc(
     all_: Annotated[bool, typer.Option("--all", help="Remove every airlock sandbox, not only those whose airlock process is gone.")] = False,
+    backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
 ) -> None:
     """Remove sandbox containers left behind by airlock processes that were killed."""
-    from orchestrator.docker_client import docker_client
-    from orchestrator.sandbox import remove_stale
-
-    removed = remove_stale(docker_client(), everything=all_)
+    removed = get_backend(backend).remove_stale(everything=all_)
     console.print(f"removed {len(removed)} sandbox container(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
 @app.command()
 def review(
     path: Annotated[Path, typer.Argument(help="A batch results folder (one subfolder per run) or one run's folder.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default: PATH/report.html).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the report (default: PATH/report.html).")] = None,
 ) -> None:
     """Write a self-contained HTML report of the runs in PATH (no network needed to view it) and print its path."""
-    from orchestrator.report_html import write_report
-    from orchestrator.review_data import load_collection
+    from orchestrator.review.data import load_collection
+    from orchestrator.review.report_html import write_report
 
     typer.echo(str(write_report(load_collection(path), out)))
 
@@ -293,7 +294,7 @@ def show(
     max_lines: Annotated[int, typer.Option(help="Most diff lines shown per file.")] = 200,
 ) -> None:
     """Print one run on the terminal: status, what needs attention, diffstat, coloured diff, condensed trajectory."""
-    from orchestrator.review_show import load_single_run, render_run
+    from orchestrator.review.show import load_single_run, render_run
 
     render_run(load_single_run(run_dir), console, max_lines=max_lines)
 

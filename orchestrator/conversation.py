@@ -7,7 +7,7 @@ back into a `Reply`; the loop, the trajectory and the context trimming only ever
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -43,7 +43,7 @@ class ToolResult(_Part):
     is_error: bool = False
 
 
-Part = Annotated[Union[Text, ToolCall, ToolResult], Field(discriminator="type")]
+Part = Annotated[Text | ToolCall | ToolResult, Field(discriminator="type")]
 
 
 class Message(BaseModel):

@@ -18,9 +18,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from orchestrator.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
 from orchestrator.errors import SandboxError
-from orchestrator.image import DEFAULT_IMAGE, image_info
+from orchestrator.sandbox.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
+from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
 
 # runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
 # "Leaky Vessels"): a process in the container can reach the host filesystem through it.
@@ -48,9 +48,7 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
     try:
         client = docker_client()
     except DockerUnreachable as exc:
-        checks.append(
-            Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", UNREACHABLE_FIX)
-        )
+        checks.append(Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", UNREACHABLE_FIX))
         skipped = "skipped: Docker is not reachable"
         checks += [
             Check("runc", False, skipped, required=False),
@@ -61,9 +59,7 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
         try:
             info, version = client.info(), client.version()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            checks.append(
-                Check("Docker daemon", False, f"answers ping but not `info`: {exc}", "restart dockerd")
-            )
+            checks.append(Check("Docker daemon", False, f"answers ping but not `info`: {exc}", "restart dockerd"))
         else:
             checks.append(_daemon_check(info, version))
             checks.append(_runc_check(info, version))
@@ -120,9 +116,7 @@ def _host_package_has_fix(full_version: str) -> bool:
     if shutil.which("dpkg-query") is None:
         return False
     try:
-        installed = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", "runc"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
+        installed = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "runc"], capture_output=True, text=True, timeout=10).stdout.strip()
         if installed != full_version:
             return False
         with gzip.open(Path("/usr/share/doc/runc/changelog.Debian.gz"), "rt", errors="replace") as f:
@@ -135,15 +129,11 @@ def _runc_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
     versions = runc_versions(info, version)
     runtime = info.get("DefaultRuntime", "runc")
     if not versions:
-        return Check(
-            "runc", False, "the daemon did not report a runc version", "check `docker info`", required=False
-        )
+        return Check("runc", False, "the daemon did not report a runc version", "check `docker info`", required=False)
     shown = versions[0]
     fixed = runc_is_fixed(versions)
     if fixed:
-        return Check(
-            "runc", True, f"{shown} (default runtime {runtime}); has the {RUNC_CVE} fix", required=False
-        )
+        return Check("runc", True, f"{shown} (default runtime {runtime}); has the {RUNC_CVE} fix", required=False)
     if fixed is None:
         return Check(
             "runc",
@@ -157,8 +147,7 @@ def _runc_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
         False,
         f'runc {shown} is older than 1.1.12 and open to {RUNC_CVE} ("Leaky Vessels"): a process in a '
         "container can escape to the host filesystem through a leaked file descriptor",
-        "upgrade runc to 1.1.12 or newer (the runc or containerd.io package, e.g. "
-        "`apt-get install --only-upgrade runc`), then restart dockerd",
+        "upgrade runc to 1.1.12 or newer (the runc or containerd.io package, e.g. `apt-get install --only-upgrade runc`), then restart dockerd",
         required=False,
     )
 
@@ -181,13 +170,9 @@ def _image_check(client: docker.DockerClient, image: str) -> Check:
         )
     missing = [name for name, found in info.tools.items() if not found]
     if missing:
-        return Check(
-            "sandbox image", False, f"{image} ({short}) lacks {', '.join(missing)}", fix + " --rebuild"
-        )
+        return Check("sandbox image", False, f"{image} ({short}) lacks {', '.join(missing)}", fix + " --rebuild")
     if not info.up_to_date:
-        return Check(
-            "sandbox image", False, f"{image} ({short}) is out of date with sandbox_image/Dockerfile", fix
-        )
+        return Check("sandbox image", False, f"{image} ({short}) is out of date with sandbox_image/Dockerfile", fix)
     tools = ", ".join(info.tools)
     return Check("sandbox image", True, f"{image} ({short}), base {info.base_mode}, has {tools}")
 

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import IO, Any, Union
+from typing import IO, Any
 
 BRANCH = "refs/heads/baseline"
 
@@ -76,7 +76,7 @@ IDENTITY = {
     "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
 }
 
-_Output = Union[int, IO[Any], None]
+_Output = int | IO[Any] | None
 _STDERR_FD = 2
 
 
@@ -141,9 +141,7 @@ class Baseline:
         options = [f"--git-dir={self.git_dir}", f"--work-tree={self.root}", "--no-pager", "--no-replace-objects"]
         for key, value in CONFIG.items():
             options += ["-c", f"{key}={value}"]
-        return subprocess.run(
-            ["git", *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
-        )
+        return subprocess.run(["git", *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
     def _env(self) -> dict[str, str]:
         """From scratch: no inherited GIT_* variable (GIT_DIR, GIT_CONFIG_COUNT, ...) can reach git."""

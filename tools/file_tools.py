@@ -58,9 +58,7 @@ def read_file(ctx: Context, path: str, start_line: int | None, end_line: int | N
         raise ToolError(f"start_line {first} is past the end of {shown}, which has {_plural(total, 'line')}")
     output = "\n".join(rows)
     if number < total and (end_line is None or number < end_line):
-        output += (
-            f"\n[{shown} has {total} lines; showed lines {first}-{number}. Pass start_line/end_line to read more.]"
-        )
+        output += f"\n[{shown} has {total} lines; showed lines {first}-{number}. Pass start_line/end_line to read more.]"
     return Result(output, meta={"total_lines": total, "start_line": first, "end_line": number})
 
 
@@ -160,10 +158,7 @@ def edit_file(ctx: Context, path: str, old_str: str, new_str: str) -> Result:
     try:
         text = raw.decode("utf-8")  # strict, so that encoding it again gives back the same bytes
     except UnicodeDecodeError as exc:
-        raise ToolError(
-            f"{shown} is not valid UTF-8 (byte offset {exc.start}); edit_file only edits UTF-8 text:"
-            " use write_file or run_bash instead"
-        ) from None
+        raise ToolError(f"{shown} is not valid UTF-8 (byte offset {exc.start}); edit_file only edits UTF-8 text: use write_file or run_bash instead") from None
     starts = _find_all(text, old_str)
     if not starts:
         raise ToolError(_not_found_message(shown, text, old_str))
@@ -270,9 +265,7 @@ def list_dir(ctx: Context, path: str, depth: int) -> Result:
     if listed == 0:
         lines.append("  (empty directory)")
     if omitted:
-        lines.append(
-            f"[... {omitted} more entries not shown (limit {MAX_ENTRIES}); list a subdirectory or pass a smaller depth]"
-        )
+        lines.append(f"[... {omitted} more entries not shown (limit {MAX_ENTRIES}); list a subdirectory or pass a smaller depth]")
     return Result("\n".join(lines), meta={"entries": listed, "omitted": omitted})
 
 

@@ -53,15 +53,9 @@ def search(ctx: Context, pattern: str, path: str, glob: str | None, ignore_case:
     shown_lines = lines[:max_results]
     output = "\n".join(shown_lines)
     if capped:
-        output += (
-            f"\n[... more matches not shown: the output passed {ctx.max_output_bytes} bytes;"
-            " narrow the pattern, path or glob]"
-        )
+        output += f"\n[... more matches not shown: the output passed {ctx.max_output_bytes} bytes; narrow the pattern, path or glob]"
     elif len(lines) > max_results:
-        output += (
-            f"\n[... {len(lines) - max_results} more matching lines not shown (max_results={max_results});"
-            " narrow the pattern, path or glob]"
-        )
+        output += f"\n[... {len(lines) - max_results} more matching lines not shown (max_results={max_results}); narrow the pattern, path or glob]"
     truncated = capped or len(lines) > max_results
     return Result(output, meta={"matches": len(shown_lines), "truncated": truncated})
 

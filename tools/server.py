@@ -24,9 +24,7 @@ def ping(ctx: Context) -> Result:
     return Result("pong")
 
 
-TOOLS: dict[str, Tool] = {
-    tool.name: tool for tool in (Tool("ping", ping), *file_tools.TOOLS, *search.TOOLS, *shell.TOOLS)
-}
+TOOLS: dict[str, Tool] = {tool.name: tool for tool in (Tool("ping", ping), *file_tools.TOOLS, *search.TOOLS, *shell.TOOLS)}
 
 
 def handle(line: bytes, ctx: Context) -> dict[str, Any]:

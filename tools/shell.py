@@ -9,8 +9,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from toolkit import Context, Param, Result, Tool, ToolError
 

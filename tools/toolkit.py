@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 class ToolError(Exception):
@@ -99,8 +100,5 @@ class Tool:
         expected = [p.name for p in self.params]
         unknown = sorted(set(args) - set(expected))
         if unknown:  # a misspelt optional argument would otherwise be silently ignored
-            raise ToolError(
-                f"unexpected argument(s) for {self.name}: {', '.join(unknown)}"
-                f" (expected: {', '.join(expected) or 'none'})"
-            )
+            raise ToolError(f"unexpected argument(s) for {self.name}: {', '.join(unknown)} (expected: {', '.join(expected) or 'none'})")
         return {p.name: p.take(args) for p in self.params}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.scripted_model import Turn, reply, text, tool_use
+from orchestrator.providers.scripted import Turn, reply, text, tool_use
 
 CALCULATOR_REPO = Path(__file__).parent / "calculator"
 CALCULATOR_TASK = "Run the tests, find the bug, fix it."

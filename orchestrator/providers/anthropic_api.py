@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import anthropic
 
-from orchestrator.conversation import MAX_TOKENS, Message, Reply, Text, ToolCall, ToolResult, Usage
+from orchestrator.conversation import MAX_TOKENS, Message, Part, Reply, Text, ToolCall, ToolResult, Usage
 from orchestrator.errors import ModelError
-from orchestrator.providers import Provider, api_error
+from orchestrator.providers.base import Provider, api_error
 from orchestrator.tool_specs import tool_schemas
 
 # Below the SDK's non-streaming ceiling (it refuses requests it expects to take over 10 minutes).
@@ -21,7 +21,7 @@ MAX_OUTPUT_TOKENS = 16_000
 CACHE = {"type": "ephemeral"}
 
 
-class AnthropicModel(Provider):
+class AnthropicProvider(Provider):
     name = "anthropic"
     # Rendered once: the same bytes in every request.
     tools = [{"name": t["name"], "description": t["description"], "input_schema": t["schema"]} for t in tool_schemas()]
@@ -79,7 +79,7 @@ def _render(message: Message) -> dict[str, Any]:
 
 
 def _parse(content: list[Any]) -> Message:
-    parts: list[Text | ToolCall] = []
+    parts: list[Part] = []
     for block in content:
         if block.type == "text":
             parts.append(Text(text=block.text))

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import openai
 
-from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Reply, Text, ToolCall, Usage
+from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Part, Reply, Text, ToolCall, Usage
 from orchestrator.errors import ModelError
-from orchestrator.providers import Provider, api_error
+from orchestrator.providers.base import Provider, api_error
 from orchestrator.tool_specs import tool_schemas
 
 # Sent so servers behave the same way, but optional: a server that refuses one gets requests without it.
@@ -25,7 +25,7 @@ OPTIONAL_PARAMETERS = {"tool_choice": "auto", "parallel_tool_calls": True}
 ERROR_PREFIX = "ERROR: "  # tool messages have no error flag: the model reads it from the text
 
 
-class OpenAIModel(Provider):
+class OpenAIProvider(Provider):
     name = "openai"
     # Rendered once: the same bytes in every request.
     tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"], "parameters": t["schema"]}} for t in tool_schemas()]
@@ -51,11 +51,11 @@ class OpenAIModel(Provider):
             except openai.APITimeoutError:
                 raise TimeoutError from None
             except openai.APIStatusError as exc:
-                message = _api_message(exc)
-                if not (refused := self._refused_parameter(exc.status_code, message)):
-                    raise api_error(exc.status_code, message) from None
+                error = _api_message(exc)
+                if not (refused := self._refused_parameter(exc.status_code, error)):
+                    raise api_error(exc.status_code, error) from None
                 del self.optional[refused]
-                notes.append(f"the server refused `{refused}`; sending requests without it ({message})")
+                notes.append(f"the server refused `{refused}`; sending requests without it ({error})")
             except openai.APIConnectionError as exc:
                 raise ModelError(f"cannot reach the model API at {self.base_url}: {exc.__cause__ or exc}") from None
         if not response.choices:
@@ -80,8 +80,7 @@ def _render(message: Message) -> list[dict[str, Any]]:
         rendered: dict[str, Any] = {"role": "assistant", "content": message.text or (None if message.tool_calls else "")}
         if message.tool_calls:
             rendered["tool_calls"] = [
-                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": _arguments_text(call)}}
-                for call in message.tool_calls
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": _arguments_text(call)}} for call in message.tool_calls
             ]
         return [rendered]
     results = [
@@ -97,7 +96,7 @@ def _arguments_text(call: ToolCall) -> str:
 
 
 def _parse(message: Any) -> Message:
-    parts: list[Text | ToolCall] = [Text(text=message.content)] if message.content else []
+    parts: list[Part] = [Text(text=message.content)] if message.content else []
     for index, call in enumerate(message.tool_calls or []):
         function = getattr(call, "function", None)
         name = getattr(function, "name", None) or ""
@@ -115,7 +114,13 @@ def _tool_call(call_id: str, name: str, raw: Any) -> ToolCall:
     try:
         arguments = json.loads(text) if text.strip() else {}
     except ValueError as exc:
-        return ToolCall(id=call_id, name=name, arguments={}, raw_arguments=text, problem=f"The arguments are not valid JSON ({exc}). Send the call again with a JSON object.")
+        return ToolCall(
+            id=call_id,
+            name=name,
+            arguments={},
+            raw_arguments=text,
+            problem=f"The arguments are not valid JSON ({exc}). Send the call again with a JSON object.",
+        )
     if not isinstance(arguments, dict):
         return ToolCall(id=call_id, name=name, arguments={}, raw_arguments=text, problem="The arguments must be a JSON object. Send the call again.")
     return ToolCall(id=call_id, name=name, arguments=arguments, raw_arguments=text)

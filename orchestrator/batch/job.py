@@ -1,0 +1,184 @@
+"""One task of a batch: its child `airlock run` process, and what the batch learns from its files.
+
+A task runs as a real `airlock run` in its own process, so a task that crashes, hangs or is killed
+cannot take the others (or the scheduler) down with it. Everything the scheduler knows about a
+running task it reads from the files the run writes anyway: trajectory.jsonl for the current step
+and the tokens so far, run.json for the final outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from orchestrator.batch.tasks import BatchTask
+from orchestrator.conversation import Usage
+from orchestrator.policy.pricing import cost_usd
+
+State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"]
+# A run.json with one of these did not finish its work: a resumed batch runs the task again.
+UNFINISHED = ("running", "interrupted")
+LOG_NAME = "airlock.log"
+
+
+def read_record(out: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def move_aside(out: Path) -> Path:
+    """Keep an earlier, unfinished (or --redo) run of a task, rather than delete its partial work."""
+    previous = out.parent / ".previous"
+    previous.mkdir(exist_ok=True)
+    n = 1
+    while (previous / f"{out.name}-{n}").exists():
+        n += 1
+    target = previous / f"{out.name}-{n}"
+    shutil.move(str(out), target)
+    return target
+
+
+@dataclass
+class Job:
+    task: BatchTask
+    out: Path
+    state: State = "queued"
+    proc: subprocess.Popen[bytes] | None = None
+    clone: Future[Path] | None = None
+    started: float | None = None  # time.monotonic()
+    ended: float | None = None
+    step: int = 0
+    activity: str = ""  # what the step is doing, for the live display
+    usage: Usage = field(default_factory=Usage)
+    record: dict[str, Any] | None = None  # the final run.json
+    status: str | None = None  # the final status, as in run.json, or a batch one: not_started, clone_failed, crashed
+    error: str | None = None
+    moved_to: Path | None = None
+    _offset: int = 0
+    _partial: bytes = b""
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def cost(self) -> float | None:
+        if self.record is not None and self.state in ("done", "skipped"):
+            return self.record.get("cost_usd")
+        return cost_usd(self.usage, self.task.price)
+
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.monotonic()) - self.started
+
+    def start(self, repo: Path, coordination: Path, rate_limit_file: Path) -> None:
+        """Start `airlock run` for this task, its output to OUT/airlock.log, in the batch's process group.
+
+        The same process group, so a Ctrl-C at the terminal reaches every run at once, as it would a pipeline."""
+        if self.out.exists():
+            self.moved_to = move_aside(self.out)
+        self.out.mkdir(parents=True)
+        task_file = coordination / f"{self.id}.task"
+        task_file.write_text(self.task.task, encoding="utf-8")
+        cmd = [
+            sys.executable, "-m", "orchestrator", "run", str(repo), "--task-file", str(task_file), "--out", str(self.out),
+            *self.task.run_options(), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
+        ]  # fmt: skip
+        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160")}
+        with open(self.out / LOG_NAME, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.state, self.started = "running", time.monotonic()
+
+    def stop_file(self, coordination: Path) -> Path:
+        return coordination / f"{self.id}.stop"
+
+    def request_stop(self, coordination: Path, reason: str) -> None:
+        """Ask the run to stop after its current step (it checks between steps)."""
+        path = self.stop_file(coordination)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(reason, encoding="utf-8")
+        os.replace(tmp, path)  # the run never reads a half-written reason
+
+    def interrupt(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def read_progress(self) -> list[int]:
+        """Take in the trajectory lines written since the last call; returns the steps that began."""
+        try:
+            with open(self.out / "trajectory.jsonl", "rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")  # a line still being written waits
+        began = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("type")
+            if kind == "model_request":
+                self.step, self.activity = event.get("step", self.step), "waiting for the model"
+                began.append(self.step)
+            elif kind == "model_response":
+                self.usage.add(_Fields(event.get("usage") or {}))
+                names = [p.get("name", "?") for p in (event.get("message") or {}).get("content", []) if p.get("type") == "tool_call"]
+                self.activity = ", ".join(names) if names else "answering"
+            elif kind == "run_end":
+                self.activity = "finishing"
+        return began
+
+    def finish(self, *, interrupted: bool) -> None:
+        """The process has exited: take its outcome from run.json, or say why there is none."""
+        self.read_progress()
+        self.state, self.ended = "done", time.monotonic()
+        record = read_record(self.out)
+        code = self.proc.returncode if self.proc is not None else None
+        if record is not None and record.get("status") != "running":  # a record still "running" says nothing final
+            self.record = record
+            self.status, self.error = record["status"], record.get("error")
+        elif interrupted:
+            self.status = "interrupted"
+            self.error = "interrupted before the run could record it" + (f" (exit {code})" if code else "")
+        else:
+            self.status = "crashed"
+            self.error = f"the run exited with status {code} without a final run.json: {_last_line(self.out / LOG_NAME)}"
+
+    def not_started(self, reason: str, status: str = "not_started") -> None:
+        self.state, self.status, self.error = "not_started", status, reason
+
+
+class _Fields:
+    """Attribute access to a usage dict, as Usage.add expects."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"

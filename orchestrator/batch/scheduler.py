@@ -1,0 +1,363 @@
+"""`airlock batch`: many tasks, each a real `airlock run` in its own process and sandbox, up to --jobs at once.
+
+The scheduler is a poll loop: start runs while there are free slots, follow each run's trajectory for
+the live display and the money spent, notice runs that ended, and apply the batch-wide rules:
+
+- resume: a task whose run.json has a final status is not run again (unless --redo); an unfinished
+  one (`running`: killed; `interrupted`: Ctrl-C) runs again, its earlier folder moved to .previous/;
+- the total cost budget: once reached, nothing new starts and every running task is asked, through
+  its stop file, to stop after its current step (it ends `budget_exceeded`);
+- the shared 429 backoff: while the API has asked to wait, no new task starts either (the runs
+  themselves wait through orchestrator.providers.backoff);
+- Ctrl-C: every run is interrupted (they save their patch and remove their sandbox), waited for within
+  a bound, killed past it, and their sandboxes removed by label; the summary is still written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import re
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator.batch.job import UNFINISHED, Job, read_record
+from orchestrator.batch.progress import BatchDisplay, Overview, Row, money
+from orchestrator.batch.repo_source import CloneError, RepoCache
+from orchestrator.batch.summary import print_table, task_row, totals, write_json, write_predictions
+from orchestrator.batch.tasks import BatchTask, Defaults, load_tasks
+from orchestrator.errors import UsageError
+from orchestrator.policy.model import load_policy
+from orchestrator.providers.backoff import SharedBackoff
+from orchestrator.sandbox.backends import get_backend
+
+POLL_S = 0.3
+INTERRUPT_GRACE_S = 30.0  # a run saves its patch and removes its sandbox within seconds of a Ctrl-C
+ACTIVE = ("cloning", "running")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    out: Path
+    jobs: int = 2
+    max_total_cost: float | None = None
+    redo: bool = False
+    cache: Path | None = None  # default: OUT/.cache/repos
+    allowed_protocols: tuple[str, ...] = ("https",)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Batch:
+    def __init__(self, tasks: list[BatchTask], options: BatchOptions, console: Console, invalid: list[str] | None = None) -> None:
+        self.options = options
+        self.jobs = [Job(task, options.out / task.id) for task in tasks]
+        self.console = console
+        self.display = BatchDisplay(console, live=console.is_terminal and not console.is_dumb_terminal)
+        self.invalid = invalid or []
+        self.cache = RepoCache(options.cache or options.out / ".cache" / "repos", options.allowed_protocols)
+        self.interrupts = 0
+        self.budget_reached = False
+        self.notice: str | None = None
+        self._backoff_seen: float | None = None
+        self._started = time.monotonic()
+        # Set by run(): the folder of task texts, stop files and the shared backoff file; the clone threads.
+        self.coordination: Path
+        self.backoff: SharedBackoff
+        self.executor: ThreadPoolExecutor
+
+    # --- the whole batch -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run the batch; returns the exit code (0 all completed, 1 some did not, 130 interrupted)."""
+        started_at = _now()
+        with self._results_lock(), self._signals(), tempfile.TemporaryDirectory(prefix="airlock-batch-") as coordination:
+            self.coordination = Path(coordination)  # task texts, stop files and the shared backoff file
+            self.backoff = SharedBackoff(self.coordination / "rate-limit")
+            self.executor = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="airlock-clone")
+            try:
+                with self.display:
+                    self._resume()
+                    if any(job.state == "queued" for job in self.jobs):
+                        _check_can_run()
+                    try:
+                        self._loop()
+                    except BaseException:  # a bug of ours: never leave runs or sandboxes behind
+                        self._stop_runs()
+                        raise
+            finally:
+                self.cache.abort()
+                self.executor.shutdown(wait=True, cancel_futures=True)
+            return self._finish(started_at)
+
+    def _loop(self) -> None:
+        while True:
+            self._poll()
+            if self.interrupts:
+                self._stop_runs()
+                return
+            self._apply_budget()
+            self._start_more()
+            if not any(job.state in ("queued", *ACTIVE) for job in self.jobs):
+                return
+            self.display.update(self._overview())
+            time.sleep(POLL_S)
+
+    def _finish(self, started_at: str) -> int:
+        rows = [task_row(job) for job in self.jobs]
+        sums = totals(rows, time.monotonic() - self._started)
+        code = 130 if self.interrupts else (0 if all(job.status == "completed" for job in self.jobs) else 1)
+        out = self.options.out
+        write_json(out / "summary.json", {
+            "tasks": rows, "totals": sums, "started_at": started_at, "finished_at": _now(), "exit_code": code,
+            "interrupted": bool(self.interrupts), "max_total_cost": self.options.max_total_cost, "budget_reached": self.budget_reached,
+            "invalid": self.invalid,
+        })  # fmt: skip
+        predictions = write_predictions(out / "predictions.jsonl", self.jobs)
+        print_table(self.console, rows, sums)
+        where = f"summary: {out / 'summary.json'} · predictions ({predictions}): {out / 'predictions.jsonl'}"
+        self.console.print(where, markup=False, highlight=False, soft_wrap=True)
+        return code
+
+    # --- resume ----------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Tasks finished by an earlier invocation are kept as they are, unless --redo."""
+        for job in self.jobs:
+            record = read_record(job.out)
+            if record is None or record.get("status") in UNFINISHED or self.options.redo:
+                continue
+            job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
+            self.display.log(f"{escape(job.id)} skipped: finished earlier ({escape(str(job.status))})")
+
+    # --- one poll ------------------------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        for job in self.jobs:
+            if job.state == "running":
+                for step in job.read_progress():
+                    self.display.step(job.id, step)
+                if job.proc is not None and job.proc.poll() is not None:
+                    job.finish(interrupted=bool(self.interrupts))
+                    self._ended(job)
+            elif job.state == "cloning" and job.clone is not None and job.clone.done():
+                self._cloned(job)
+
+    def _cloned(self, job: Job) -> None:
+        try:
+            repo = job.clone.result() if job.clone is not None else None
+        except CloneError as exc:
+            job.not_started(str(exc), status="clone_failed")
+            self._ended(job)
+            return
+        if repo is None or self.interrupts or self.budget_reached:
+            job.not_started(self._why_not_started())
+            return
+        self._launch(job, repo)
+
+    def _start_more(self) -> None:
+        if self.interrupts or self.budget_reached:
+            return
+        if (wait := self.backoff.remaining()) > 0:
+            deadline = self.backoff.deadline()
+            if deadline != self._backoff_seen:
+                self._backoff_seen = deadline
+                self.display.log(f"[yellow]rate limited by the API (429): no new task starts for {wait:.1f} s[/]")
+            return
+        free = self.options.jobs - sum(job.state in ACTIVE for job in self.jobs)
+        for job in [job for job in self.jobs if job.state == "queued"][: max(free, 0)]:
+            if job.task.url is not None:
+                job.state = "cloning"
+                job.clone = self.executor.submit(self.cache.fetch, job.task.url, job.task.ref)
+                self.display.log(f"{escape(job.id)} cloning {escape(job.task.repo)}" + (f" at {escape(job.task.ref)}" if job.task.ref else ""))
+            else:
+                assert job.task.path is not None
+                self._launch(job, job.task.path)
+
+    def _launch(self, job: Job, repo: Path) -> None:
+        try:
+            job.start(repo, self.coordination, self.backoff.path)
+        except OSError as exc:  # e.g. the results folder is not writable: this task fails, not the batch
+            job.not_started(f"could not start the run: {exc}", status="crashed")
+            self._ended(job)
+            return
+        moved = f" (its earlier run is kept in {job.moved_to})" if job.moved_to else ""
+        self.display.log(f"{escape(job.id)} started{escape(moved)}")
+
+    def _ended(self, job: Job) -> None:
+        record = job.record or {}
+        verify = record.get("verify") or {}
+        verdict = "" if not verify or verify.get("skipped") else f" (verify {'passed' if verify.get('passed') else 'failed'})"
+        files = (record.get("patch") or {}).get("files_changed", 0)
+        steps = record.get("steps", job.step)
+        details = f"{_plural(steps, 'step')}, {_plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
+        style = "green" if job.status == "completed" else "red"
+        error = f": {escape(job.error)}" if job.error and job.status != "completed" else ""
+        self.display.log(f"{escape(job.id)} [{style}]{job.status}[/]{verdict} · {details}{error}")
+        if job.status == "crashed":  # a run that died uncleanly may have left its sandbox
+            _remove_sandboxes_of([job])
+        self.display.progress(self._overview())
+
+    # --- batch-wide rules ------------------------------------------------------------------------------
+
+    def _spent(self) -> float:
+        return sum(job.cost or 0.0 for job in self.jobs if job.state in ("running", "done"))
+
+    def _apply_budget(self) -> None:
+        limit = self.options.max_total_cost
+        if limit is None or self.budget_reached or (spent := self._spent()) < limit:
+            return
+        self.budget_reached = True
+        reason = f"the batch's total cost ${spent:.4f} reached --max-total-cost ${limit:g}"
+        self.notice = f"{reason}: no new task starts, running tasks stop after their current step"
+        self.display.log(f"[yellow]{escape(self.notice)}[/]")
+        for job in self.jobs:
+            if job.state == "running":
+                job.request_stop(self.coordination, reason)
+            elif job.state in ("queued", "cloning"):
+                if job.clone is not None:
+                    job.clone.cancel()
+                job.not_started(self._why_not_started())
+
+    def _why_not_started(self) -> str:
+        if self.interrupts:
+            return "not started: the batch was interrupted"
+        return f"not started: the batch reached --max-total-cost ${self.options.max_total_cost:g}"
+
+    def _stop_runs(self) -> None:
+        """Interrupt every run, wait for them to save their work (bounded), kill what is left, remove sandboxes."""
+        self.interrupts = max(self.interrupts, 1)
+        running = [job for job in self.jobs if job.state == "running"]
+        self.display.log(f"[yellow]interrupted: stopping {len(running)} running task(s); each saves its patch and removes its sandbox[/]")
+        self.cache.abort()
+        for job in self.jobs:
+            if job.state in ("queued", "cloning"):
+                job.not_started(self._why_not_started())
+        for job in running:
+            job.interrupt()  # the process group may have had the Ctrl-C already: a second one is harmless
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        presses = self.interrupts
+        while any(job.state == "running" for job in self.jobs) and time.monotonic() < deadline:
+            if self.interrupts > presses:
+                presses = self.interrupts
+                self.display.log("[yellow]still finishing: the runs are saving their patches and removing their sandboxes[/]")
+            time.sleep(POLL_S)
+            self._poll()
+        leftovers = [job for job in self.jobs if job.state == "running"]
+        for job in leftovers:
+            job.kill()
+        for job in leftovers:
+            job.finish(interrupted=True)
+            job.error = f"killed after {INTERRUPT_GRACE_S:.0f} s: it did not stop after Ctrl-C"
+            self._ended(job)
+        _remove_sandboxes_of(leftovers)
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+
+    def _overview(self) -> Overview:
+        now = [job for job in self.jobs if job.state != "skipped"]
+        finished = [job for job in now if job.state == "done" or job.status == "clone_failed"]
+        view = Overview(
+            total=len(self.jobs),
+            finished=len(finished),
+            failed=sum(job.status != "completed" for job in finished),
+            skipped=len(self.jobs) - len(now),
+            running=sum(job.state in ACTIVE for job in now),
+            queued=sum(job.state == "queued" for job in now),
+            not_started=sum(job.state == "not_started" and job.status != "clone_failed" for job in now),
+            elapsed=time.monotonic() - self._started,
+            tokens=sum(job.usage.total() for job in now),
+            cost=sum(job.cost or 0.0 for job in now),
+            cost_unknown=any(job.cost is None and job.state in ("running", "done") for job in now),
+            backoff=self.backoff.remaining(),
+            notice=self.notice,
+        )
+        if finished and (left := view.queued + view.running) and not (self.interrupts or self.budget_reached):
+            view.eta = view.elapsed / len(finished) * left  # throughput so far, parallelism included
+        view.rows = [Row(job.id, job.state, job.step, job.activity, job.elapsed(), job.usage.total(), job.cost) for job in now if job.state in ACTIVE]
+        return view
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C (or SIGTERM) asks the loop to stop the runs cleanly instead of raising mid-way."""
+
+        def note(*_: Any) -> None:
+            self.interrupts += 1
+
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def _results_lock(self) -> Iterator[None]:
+        """One batch at a time per results folder: two would run the same tasks into the same folders."""
+        out = self.options.out
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out must be a folder, not a file: {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ".batch.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"another airlock batch is using {out}; wait for it or choose another --out") from None
+            yield
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _check_can_run() -> None:
+    """Fail the whole batch up front, with one line, for what would fail every task alike."""
+    get_backend().remove_stale()  # exit 3 with what to do when the engine does not answer
+
+
+def _remove_sandboxes_of(jobs: list[Job]) -> None:
+    """Remove the sandboxes of runs that died or were killed, and any other abandoned one; never fails the batch."""
+    runs = [str(record["run_id"]) for job in jobs if (record := read_record(job.out)) and "run_id" in record]
+    with contextlib.suppress(Exception):  # tidying up must never fail the batch; `airlock gc` can finish it
+        get_backend().remove_stale(runs=runs)
+
+
+_PROTOCOL = re.compile(r"^[a-z][a-z0-9+.-]*$")
+
+
+def check_protocols(names: list[str]) -> tuple[str, ...]:
+    for name in names:
+        if not _PROTOCOL.match(name):
+            raise UsageError(f"--allow-protocol {name!r} is not a git protocol name (https, ssh, git, file, ...)")
+        if name == "ext":  # ext:: runs any command the URL names, on the host
+            raise UsageError("--allow-protocol ext is refused: an ext:: URL runs a command on this machine")
+    return tuple(dict.fromkeys(names))
+
+
+def run_batch(tasks_file: Path, defaults: Defaults, options: BatchOptions, *, skip_invalid: bool, console: Console, err_console: Console) -> int:
+    """Check the whole tasks file, then run the batch; every problem is listed before anything starts."""
+    if defaults.policy is not None:
+        load_policy(defaults.policy)  # a bad --policy is one problem, not one per task
+    loaded = load_tasks(tasks_file, defaults)
+    for problem in loaded.problems:
+        err_console.print(problem, markup=False, highlight=False)
+    if loaded.problems and not skip_invalid:
+        n = len(loaded.problems)
+        raise UsageError(f"{n} problem{'s' if n > 1 else ''} in {tasks_file}: nothing was run (fix them, or run the valid tasks with --skip-invalid)")
+    if loaded.problems:
+        err_console.print(f"airlock: warning: skipping the invalid entries above; running the {len(loaded.tasks)} valid task(s)", markup=False)
+    if not loaded.tasks:
+        raise UsageError(f"no valid task to run in {tasks_file}")
+    return Batch(loaded.tasks, options, console, invalid=loaded.problems).run()

@@ -1,0 +1,242 @@
+"""One run from start to end: sandbox up, repo in, agent loop, patch out, verify, records, sandbox gone.
+
+Whatever ends the run (the model finishing, a limit, a model or sandbox error, Ctrl-C), the work done so
+far is exported to patch.diff and recorded in run.json, and the container is removed. That final stage
+runs with Ctrl-C deferred, and each of its steps is time-bounded, so it always completes in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator.errors import ModelError, SandboxError
+from orchestrator.patch.check import Refusal, check_patch
+from orchestrator.policy.guard import PolicyGuard
+from orchestrator.policy.model import Policy
+from orchestrator.providers.base import Provider
+from orchestrator.run.agent import Agent, Limits
+from orchestrator.run.config import RunConfig
+from orchestrator.run.context import DEFAULT_WINDOWS
+from orchestrator.run.record import PatchRecord, RunRecord, Status, VerifyRecord
+from orchestrator.run.trace import Trace
+from orchestrator.run.trajectory import FORMAT_VERSION, Trajectory
+from orchestrator.sandbox.backends import get_backend
+from orchestrator.sandbox.base import Backend
+from orchestrator.sandbox.channel import ToolChannel
+from orchestrator.sandbox.driver import Sandbox
+from orchestrator.sandbox.spec import OUTPUT_MARKER_ROOM, SandboxSpec
+
+EXPORT_TIMEOUT_S = 120.0
+VERIFY_TAIL_CHARS = 4000
+# Beyond the run's own time limit: the export, verify and clean-up, before others may remove the sandbox.
+LIFETIME_MARGIN_S = 1800.0
+
+
+def sandbox_spec(policy: Policy, run_id: str) -> SandboxSpec:
+    """The sandbox a policy asks for (the sandbox layer never sees the policy itself)."""
+    limits = policy.limits
+    return SandboxSpec(
+        image=policy.sandbox.image, run_id=run_id, cpus=limits.cpus, memory=limits.memory, disk=limits.disk,
+        pids=limits.pids, command_timeout=limits.command_timeout, runtime=policy.sandbox.runtime, user=policy.sandbox.user,
+        max_output_bytes=limits.max_output_chars - OUTPUT_MARKER_ROOM, lifetime_s=limits.timeout + LIFETIME_MARGIN_S,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def interrupts_deferred(console: Console) -> Iterator[None]:
+    """Ignore further Ctrl-C while the patch is saved and the sandbox removed (each step is time-bounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(*_: object) -> None:
+        console.print("[yellow]finishing: saving the patch and removing the sandbox (a few seconds)…[/]")
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _unrecorded_refusals(messages: list[str]) -> list[Refusal]:
+    """One refusal per path git could not record, named from git's messages ("invalid path 'x'")."""
+    by_path: dict[str, str] = {}
+    for message in messages:
+        quoted = re.search(r"'([^']*)'", message)
+        by_path.setdefault(quoted.group(1) if quoted else message, message)
+    return [Refusal(path=path, reason="git cannot record this path in a patch", detail=detail) for path, detail in by_path.items()]
+
+
+def _with_cause(error: str, sandbox: Sandbox | None) -> str:
+    """The error, with why the sandbox stopped working when the backend can tell (memory, removed, ...)."""
+    cause = sandbox.box.failure() if sandbox is not None else None
+    return f"{error}: {cause}" if cause and cause not in error else error
+
+
+class Run:
+    def __init__(self, config: RunConfig, provider: Provider, console: Console, backend: Backend | None = None) -> None:
+        self.config = config
+        self.provider = provider
+        self.backend = backend or get_backend(config.backend)
+        self.trace = Trace(console)
+        self.console = console
+        self.spec = sandbox_spec(config.policy, config.run_id)
+        self.guard = PolicyGuard(config.policy, config.model, notify=self.trace.policy_event, stop_file=config.stop_file)
+        self.record = RunRecord(
+            run_id=config.run_id, repo=str(config.repo), task=config.task, model=config.model, provider=provider.name,
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), sandbox=self.spec.record() | self.backend.describe(),
+            verify=VerifyRecord(command=config.verify) if config.verify else None, policy=config.policy.to_record(),
+        )  # fmt: skip
+        self.agent: Agent | None = None
+
+    @property
+    def context_window(self) -> int:
+        return self.config.policy.limits.context_window or DEFAULT_WINDOWS[self.provider.name]
+
+    def execute(self, banner: str | None = None) -> RunRecord:
+        out = self.config.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "patch.diff").write_bytes(b"")
+        self.record.save(out)
+        self.trace.header(self.record, banner)
+        trajectory = Trajectory(out / "trajectory.jsonl")
+        trajectory.write(
+            "run_start", version=FORMAT_VERSION, run_id=self.config.run_id, provider=self.provider.name, model=self.config.model,
+            context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(),
+        )  # fmt: skip
+        started = time.monotonic()
+        sandbox: Sandbox | None = None
+        channel: ToolChannel | None = None
+        try:
+            sandbox = self._start_sandbox()
+            channel = self._prepare(sandbox)
+            self._run_agent(channel, trajectory, deadline=started + self.config.policy.limits.timeout)
+        except KeyboardInterrupt:
+            self._fail("interrupted", "interrupted by the user (Ctrl-C)")
+        except ModelError as exc:
+            self._fail("model_error", str(exc))
+        except SandboxError as exc:
+            self._fail("sandbox_error", _with_cause(str(exc), sandbox))
+        except Exception as exc:  # a bug of ours: record it rather than lose the run
+            trajectory.write("error", error=traceback.format_exc())
+            self._fail("sandbox_error", f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            with interrupts_deferred(self.console):
+                if sandbox is not None:
+                    self._finish(sandbox, channel)
+                self._close_record(started)
+                trajectory.write("run_end", status=self.record.status, error=self.record.error)
+                trajectory.close()
+                self.trace.summary(self.record)
+        return self.record
+
+    def _start_sandbox(self) -> Sandbox:
+        try:
+            for stale in self.backend.remove_stale():
+                self.trace.note(f"removed sandbox {stale} left by an airlock process that is gone")
+        except SandboxError:
+            raise  # the backend cannot be reached at all: say so now
+        except Exception as exc:  # tidying up after others must never end this run
+            self.trace.note(f"could not remove stale sandboxes: {exc}")
+        return Sandbox(self.backend.start(self.spec), self.spec)
+
+    def _prepare(self, sandbox: Sandbox) -> ToolChannel:
+        """Copy the repo in (without hidden paths), install the tools, record the baseline, start the tool server."""
+        snapshot = sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
+        self.record.snapshot = vars(snapshot)
+        sandbox.install_tools()
+        sandbox.record_baseline()
+        return sandbox.start_tool_server()
+
+    def _run_agent(self, channel: ToolChannel, trajectory: Trajectory, deadline: float) -> None:
+        limits = self.config.policy.limits
+        agent_limits = Limits(limits.max_steps, limits.command_timeout, deadline, self.context_window, limits.max_output_chars)
+        self.agent = Agent(self.provider, channel, agent_limits, self.trace, trajectory, self.guard)
+        self.record.status = self.agent.run(self.config.task)
+        if self.record.status == "max_steps":
+            self.guard.record("limits.max_steps", f"the run reached max_steps = {limits.max_steps}")
+        elif self.record.status == "timeout":
+            self.guard.record("limits.timeout", f"the run reached its wall-clock limit of {limits.timeout:g} s")
+
+    def _fail(self, status: Status, error: str) -> None:
+        self.record.status = status
+        self.record.error = error
+
+    def _finish(self, sandbox: Sandbox, channel: ToolChannel | None) -> None:
+        try:
+            if sandbox.ready:
+                self._export(sandbox)
+            if channel is not None and self.record.verify is not None:
+                self._verify(channel)
+        except SandboxError as exc:
+            if self.record.error is None:
+                self._fail("sandbox_error", str(exc))
+        finally:
+            if channel is not None:
+                channel.close()
+            try:
+                sandbox.remove()
+            except SandboxError as exc:
+                self.record.error = self.record.error or str(exc)
+
+    def _export(self, sandbox: Sandbox) -> None:
+        raw, unrecorded = sandbox.export_patch(timeout=EXPORT_TIMEOUT_S)
+        checked = check_patch(raw, refuse=self.guard.refuse_change)
+        checked.refused += _unrecorded_refusals(unrecorded)
+        details = checked.to_record()
+        self.record.patch = PatchRecord(**checked.stats(), changes=details["changes"], refused=details["refused"], exported=True)
+        for refusal in checked.refused:
+            self.console.print(f"[red]refused from the patch:[/] {escape(refusal.path)}: {escape(refusal.reason)}")
+        if too_large := self._over_patch_limits(checked.patch, len(checked.changes)):
+            # Kept for inspection, but not handed out as the run's patch.
+            (self.config.out / "patch.rejected.diff").write_bytes(checked.patch)
+            self.guard.record("limits.patch", f"{too_large}; kept as patch.rejected.diff, patch.diff left empty")
+            self._fail("patch_rejected", too_large)
+            return
+        (self.config.out / "patch.diff").write_bytes(checked.patch)
+
+    def _over_patch_limits(self, patch: bytes, files: int) -> str | None:
+        limits = self.config.policy.limits
+        if len(patch) > limits.max_patch_bytes:
+            return f"the patch is {len(patch):,} bytes, over the policy's max_patch_bytes of {limits.max_patch_bytes:,}"
+        if files > limits.max_patch_files:
+            return f"the patch changes {files} files, over the policy's max_patch_files of {limits.max_patch_files}"
+        return None
+
+    def _verify(self, channel: ToolChannel) -> None:
+        verify = self.record.verify
+        assert verify is not None
+        if self.record.status not in ("completed", "max_steps", "budget_exceeded", "model_error"):
+            verify.skipped = f"not run: the run ended with {self.record.status}"
+            return
+        self.trace.note(f"verify: {verify.command}")
+        timeout = self.config.policy.limits.command_timeout
+        reply = channel.call("run_bash", {"command": verify.command, "timeout": timeout}, timeout=timeout + 15)
+        verify.exit_code = reply.meta.get("exit_code")
+        verify.passed = verify.exit_code == 0
+        verify.output_tail = reply.output[-VERIFY_TAIL_CHARS:]
+        if self.record.status == "completed" and not verify.passed:
+            self.record.status = "verify_failed"
+
+    def _close_record(self, started: float) -> None:
+        record = self.record
+        if record.status == "running":  # an exception we did not expect: still record what we know
+            self._fail("sandbox_error", "the run stopped unexpectedly")
+        record.duration_s = round(time.monotonic() - started, 2)
+        if self.agent is not None:
+            record.steps, record.tool_calls = self.agent.steps, self.agent.tool_calls
+        record.usage = self.provider.usage.model_copy()
+        record.cost_usd = self.guard.cost(self.provider.usage)
+        record.policy_events = self.guard.events
+        record.save(self.config.out)

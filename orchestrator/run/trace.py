@@ -1,0 +1,88 @@
+"""The live terminal trace of a run: plan text, tool calls, short results, and a final summary line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.cells import cell_len
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from orchestrator.conversation import Message
+from orchestrator.run.record import RunRecord
+from orchestrator.sizes import human_size
+
+PREVIEW_LINES = 4
+PREVIEW_WIDTH = 160
+STATUS_STYLE = {"completed": "bold green", "interrupted": "bold yellow"}
+
+
+def _preview(text: str) -> list[str]:
+    lines = text.rstrip("\n").splitlines()
+    shown = lines if len(lines) <= PREVIEW_LINES else [*lines[: PREVIEW_LINES - 1], f"… ({len(lines) - PREVIEW_LINES + 1} more lines)", lines[-1]]
+    return [line if len(line) <= PREVIEW_WIDTH else line[:PREVIEW_WIDTH] + "…" for line in shown]
+
+
+def _call_summary(name: str, args: Any) -> str:
+    if isinstance(args, dict):
+        for key in ("command", "path", "pattern"):
+            if isinstance(args.get(key), str):
+                return args[key].replace("\n", " ⏎ ")[:PREVIEW_WIDTH]
+    return json.dumps(args, ensure_ascii=False)[:PREVIEW_WIDTH]
+
+
+class Trace:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        # Load rich's character-width table now: imported lazily, mid-run, a Ctrl-C handler that prints
+        # would import it a second time while the first import is still under way.
+        cell_len("■ · … ▶ │ ⚠ ⏎")
+
+    def header(self, record: RunRecord, banner: str | None = None) -> None:
+        if banner:
+            self.console.print(Text(f" {banner} ", style="bold black on yellow"))
+        box = record.sandbox
+        via = "" if record.provider == "anthropic" else f" via {record.provider}"
+        self.console.print(f"[bold]airlock run[/] [cyan]{record.run_id}[/]  repo {escape(record.repo)}  model {escape(record.model)}{escape(via)}")
+        self.console.print(
+            f"[dim]sandbox {escape(box['image'])} · cpus {box['cpus']} · memory {human_size(box['memory'])} · "
+            f"disk {human_size(box['disk'])} · pids {box['pids_limit']} · network {box['network']}[/]"
+        )
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[dim]{escape(message)}[/]")
+
+    def policy_event(self, message: str) -> None:
+        self.console.print(f"[bold yellow]⚠ {escape(message)}[/]")
+
+    def model_turn(self, step: int, message: Message) -> None:
+        self.console.rule(f"[dim]step {step}[/]", style="dim")
+        if message.text.strip():
+            self.console.print(Text(message.text.strip(), style="italic"))
+
+    def tool_call(self, name: str, args: Any) -> None:
+        self.console.print(f"[bold blue]▶ {escape(name)}[/] {escape(_call_summary(name, args))}")
+
+    def tool_result(self, output: str, is_error: bool, meta: dict[str, Any]) -> None:
+        for line in _preview(output):
+            self.console.print(Text(f"  │ {line}", style="red" if is_error else "dim"))
+
+    def summary(self, record: RunRecord) -> None:
+        usage, patch = record.usage, record.patch
+        tokens = (
+            f"tokens in {usage.input_tokens:,} · cache read {usage.cache_read_input_tokens:,} · "
+            f"cache write {usage.cache_creation_input_tokens:,} · out {usage.output_tokens:,}"
+        )
+        change = f"{patch.files_changed} files changed, +{patch.insertions} -{patch.deletions}"
+        cost = "cost unknown" if record.cost_usd is None else f"${record.cost_usd:.4f}"
+        style = STATUS_STYLE.get(record.status, "bold red")
+        self.console.print(
+            f"[{style}]■ {record.status}[/] · {record.steps} steps · {record.tool_calls} tool calls · {tokens} · {cost} · {change} · {record.duration_s:.1f} s"
+        )
+        if record.verify is not None:
+            verdict = record.verify.skipped or ("passed" if record.verify.passed else f"failed (exit {record.verify.exit_code})")
+            self.console.print(f"verify [bold]{escape(record.verify.command)}[/]: {verdict}")
+        if record.error:
+            self.console.print(f"[red]error:[/] {escape(record.error)}")

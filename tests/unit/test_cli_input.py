@@ -1,0 +1,96 @@
+"""Bad input to the CLI: one clear line and exit 2 (or 3 for an unreachable engine), before any sandbox starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import PROJECT, airlock, airlock_env
+
+STRICT = PROJECT / "policies" / "strict.toml"
+
+
+def write_policy(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "unset", "message"),
+    [
+        (["--provider", "gemini"], None, "unknown provider 'gemini': choose one of anthropic, openai"),
+        (["--provider", "openai"], None, "--model is required with --provider openai"),
+        (["--provider", "openai", "--model", "m"], "OPENAI_API_KEY", "OPENAI_API_KEY is not set"),
+        (["--api-key-env", "NO_SUCH_VARIABLE"], None, "NO_SUCH_VARIABLE is not set"),
+        (["--context-window", "10"], None, "--context-window"),
+    ],
+)
+def test_bad_provider_options_are_one_line_and_exit_2(calculator_repo: Path, tmp_path: Path, args: list[str], unset: str | None, message: str) -> None:
+    env = airlock_env("http://127.0.0.1:9")
+    env.pop(unset or "", None)
+    proc = airlock("run", str(calculator_repo), "--task", "t", "--out", str(tmp_path / "out"), *args, env=env)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_openai_package_says_how_to_install_it(calculator_repo: Path, tmp_path: Path) -> None:
+    """The full CLI, with an import hook that makes `openai` not installed (as without the extra)."""
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'openai': raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from orchestrator.cli import main\n"
+        "sys.argv = ['airlock'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    args = ["run", str(calculator_repo), "--task", "t", "--out", str(tmp_path / "out"), "--provider", "openai", "--model", "m"]
+    proc = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, env=airlock_env(), cwd=PROJECT, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "airlock: error: the openai provider needs the openai package: pip install 'airlock[openai]'"
+
+
+def test_unreachable_docker_is_a_clear_exit_3(calculator_repo: Path, tmp_path: Path) -> None:
+    env = airlock_env("http://127.0.0.1:9", DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = airlock("run", str(calculator_repo), "--task", "x", "--out", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 3
+    assert "Docker" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cost_budget_for_a_model_without_a_price_is_refused_up_front(calculator_repo: Path, tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, "[budget]\nmax_cost_usd = 1.0\n")
+    proc = airlock("run", str(calculator_repo), "--task", "x", "--model", "unpriced-model", "--policy", str(policy), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "no price for model 'unpriced-model'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[limits]\ncpus = 1\nmemory = "4x"\n', ":3: [limits] memory"),
+        ('[limits]\ncpus = 1\n\n[network]\nmode = "bridge"\n', ":5: [network] mode"),
+        ("[limits\ncpus = 1\n", ":1: invalid TOML"),
+    ],
+)
+def test_malformed_policy_is_rejected_with_its_line(calculator_repo: Path, tmp_path: Path, body: str, message: str) -> None:
+    policy = write_policy(tmp_path, body)
+    proc = airlock("run", str(calculator_repo), "--task", "x", "--policy", str(policy), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert f"{policy}{message}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    check = airlock("policy", "check", str(policy))
+    assert check.returncode == 2 and message in check.stderr
+
+
+def test_shipped_policies_check_and_show() -> None:
+    for name in ("default", "strict", "ci"):
+        proc = airlock("policy", "check", str(PROJECT / "policies" / f"{name}.toml"))
+        assert proc.returncode == 0, proc.stderr
+    shown = airlock("policy", "show", str(STRICT))
+    assert shown.returncode == 0 and "allow = [" in shown.stdout and "tests/**" in shown.stdout

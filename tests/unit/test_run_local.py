@@ -1,0 +1,51 @@
+"""The runner, the agent loop and the sandbox driver end to end without Docker: the real SDKs against
+the scripted model server, the real tool server and baseline, in a box of the test-only local backend."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from local_backend import LocalBackend
+from rich.console import Console
+
+from orchestrator.demo import calculator_script
+from orchestrator.policy.model import Policy
+from orchestrator.providers import make_provider
+from orchestrator.providers.scripted import ScriptedModelServer, Turn, tool_use
+from orchestrator.run.config import RunConfig, new_run_id
+from orchestrator.run.record import RunRecord
+from orchestrator.run.runner import Run
+
+FIX = tool_use("edit_file", path="calculator.py", old_str="def multiply(a, b):\n    return a + b", new_str="def multiply(a, b):\n    return a * b")
+
+
+def run_locally(repo: Path, out: Path, turns: list[Turn], provider: str = "anthropic", **limits: Any) -> tuple[RunRecord, ScriptedModelServer, str]:
+    backend = LocalBackend()
+    console = Console(file=io.StringIO(), width=200)
+    with ScriptedModelServer(turns) as api:
+        base_url = api.base_url if provider == "anthropic" else api.openai_base_url
+        config = RunConfig(repo=repo, task="Fix it.", out=out, run_id=new_run_id(), model="scripted", policy=Policy().with_overrides(**limits))
+        record = Run(config, make_provider(provider, "scripted", api_key="test", base_url=base_url), console, backend=backend).execute()
+    assert all(not Path(box.root).exists() for box in backend.boxes), "the box outlived its run"
+    return record, api, console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def events(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_the_calculator_exercise_runs_end_to_end(calculator_repo: Path, tmp_path: Path, provider: str) -> None:
+    record, api, shown = run_locally(calculator_repo, tmp_path / "out", calculator_script(), provider)
+    assert record.status == "completed", record.error
+    assert (record.steps, record.tool_calls) == (5, 4)
+    patch = (tmp_path / "out" / "patch.diff").read_text()
+    assert "-    return a + b\n+    return a * b\n" in patch
+    assert "return a + b" in (calculator_repo / "calculator.py").read_text()  # the repo itself is never touched
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "completed"
+    assert [e["type"] for e in events(tmp_path / "out")][-1] == "run_end"
+    assert len(api.requests) == 5 and "■ completed" in shown

@@ -1,0 +1,1 @@
+"""Patches: the strict checker of what leaves a sandbox, and applying one under a neutral git configuration."""

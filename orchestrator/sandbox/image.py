@@ -35,8 +35,14 @@ from orchestrator.sandbox.spec import DEFAULT_IMAGE
 BASE_ROOTFS_IMAGE = "airlock-base:bookworm"
 REGISTRY_BASE = "debian:bookworm-slim"
 SUITE = "bookworm"
-# What the agent's tools need; tini gives the sandbox its own PID 1 that reaps zombies.
-PACKAGES: tuple[str, ...] = ("python3", "python3-pytest", "git", "ripgrep", "tini")
+# What the agent's tools need (Python and Node.js projects alike: `python`, venvs, npm, make), the CA
+# certificates a setup phase needs to install dependencies over TLS, and tini: a PID 1 that reaps zombies.
+PACKAGES: tuple[str, ...] = (
+    "python3", "python-is-python3", "python3-pytest", "python3-venv", "git", "ripgrep", "make", "nodejs", "npm",
+    "ca-certificates", "tini",
+)  # fmt: skip
+# Commands the image must offer, checked by `airlock doctor` in a throwaway container.
+COMMANDS = ("python3", "python", "git", "rg", "make", "node", "npm")
 
 LABEL_DIGEST = "airlock.build-digest"
 LABEL_BASE_MODE = "airlock.base-mode"
@@ -382,7 +388,7 @@ def _remove_quietly(client: docker.DockerClient, image_id: str) -> None:
 # --- probing the tools --------------------------------------------------------------------------
 
 _PROBE = (
-    "for t in python3 git rg; do if command -v $t >/dev/null; then echo $t=1; else echo $t=0; fi; done; "
+    f"for t in {' '.join(COMMANDS)}; do if command -v $t >/dev/null; then echo $t=1; else echo $t=0; fi; done; "
     "if python3 -c 'import pytest' 2>/dev/null; then echo pytest=1; else echo pytest=0; fi"
 )
 
@@ -402,7 +408,7 @@ def _probe_tools(client: docker.DockerClient, image_id: str) -> dict[str, bool]:
     finally:
         client.api.remove_container(container, force=True)
     found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return {name: found.get(name) == "1" for name in ("python3", "git", "rg", "pytest")}
+    return {name: found.get(name) == "1" for name in (*COMMANDS, "pytest")}
 
 
 def _one_line(exc: object) -> str:

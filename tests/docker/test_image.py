@@ -76,7 +76,8 @@ def test_container_has_tools_and_runs_as_airlock(client: docker.DockerClient) ->
     out = run_in_image(
         client,
         "id -u; id -g; echo home=$HOME; pwd; stat -c %u /workspace; ls /sys/class/net; "
-        "python3 --version; git --version; rg --version; python3 -m pytest --version",
+        "python3 --version; python --version; git --version; rg --version; python3 -m pytest --version; make --version; "
+        "node --version; npm --version; python3 -m venv /tmp/venv && /tmp/venv/bin/python -m pip --version",
     )
     lines = out.splitlines()
 
@@ -86,6 +87,8 @@ def test_container_has_tools_and_runs_as_airlock(client: docker.DockerClient) ->
     assert "git version" in out
     assert "ripgrep" in out
     assert "pytest" in out
+    assert "GNU Make" in out and "\nv18." in out  # Debian bookworm's Node.js
+    assert "pip " in out and "/tmp/venv/" in out  # a project's own virtualenv can be made
 
 
 def test_image_info_probes_the_tools(client: docker.DockerClient) -> None:
@@ -93,7 +96,7 @@ def test_image_info_probes_the_tools(client: docker.DockerClient) -> None:
     info = image_info(client, DEFAULT_IMAGE)
 
     assert info.present and info.up_to_date
-    assert info.tools == {"python3": True, "git": True, "rg": True, "pytest": True}
+    assert info.tools == dict.fromkeys(["python3", "python", "git", "rg", "make", "node", "npm", "pytest"], True)
     assert info.probe_error is None
     assert {c.id for c in client.containers.list(all=True)} == before, "the probe left a container behind"
 

@@ -2,6 +2,7 @@
 
     python3 -E -s -B baseline.py init   --root /workspace --git-dir /var/lib/airlock/baseline.git
     python3 -E -s -B baseline.py export --root /workspace --git-dir /var/lib/airlock/baseline.git > patch.diff
+    python3 -E -s -B baseline.py apply  --root /workspace --git-dir /var/lib/airlock/apply.git < patch.diff
 
 Git runs with our own git dir (outside the tree), a from-scratch environment, command-line config
 (the highest precedence) and our own info/attributes (which beats every in-tree .gitattributes), so
@@ -111,6 +112,18 @@ class Baseline:
         sys.stdout.flush()
         self._git(*EXPORT_DIFF, stdout=None)  # inherits our stdout: git's bytes pass through untouched
 
+    def apply(self, patch: bytes) -> None:
+        """Apply a patch to the tree as `airlock apply` does on the host: all or nothing, the tree's own
+        attributes and config ignored (the verify sandbox gets the pristine repo plus exactly this patch)."""
+        if not os.path.isdir(self.git_dir):
+            os.makedirs(self.git_dir)
+            self._git("init", "--quiet", "--template=")
+        self._write_info()
+        done = self._run(["apply", "--whitespace=nowarn", "-"], stdout=_STDERR_FD, stderr=subprocess.PIPE, stdin=patch)
+        if done.returncode != 0:
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise BaselineError("the patch does not apply: " + ("; ".join(lines[:3]) or f"git apply exited with {done.returncode}"))
+
     def _add_all(self) -> None:
         """Stage the whole tree. A path git cannot record (a `.GIT` folder, an unreadable file, a nested repo
         without commits) is skipped and reported on stderr as `unrecorded: <git's message>`, so it never costs
@@ -137,11 +150,13 @@ class Baseline:
             raise BaselineError(f"git {args[0]} failed with exit code {done.returncode}")
         return done.stdout or b""
 
-    def _run(self, args: list[str], stdout: _Output, stderr: _Output = None) -> subprocess.CompletedProcess[bytes]:
+    def _run(self, args: list[str], stdout: _Output, stderr: _Output = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         options = [f"--git-dir={self.git_dir}", f"--work-tree={self.root}", "--no-pager", "--no-replace-objects"]
         for key, value in CONFIG.items():
             options += ["-c", f"{key}={value}"]
-        return subprocess.run(["git", *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        if stdin is None:  # nothing git runs may wait for input
+            return subprocess.run(["git", *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        return subprocess.run(["git", *options, *args], cwd=self.root, env=self._env(), input=stdin, stdout=stdout, stderr=stderr)
 
     def _env(self) -> dict[str, str]:
         """From scratch: no inherited GIT_* variable (GIT_DIR, GIT_CONFIG_COUNT, ...) can reach git."""
@@ -161,8 +176,8 @@ class Baseline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Record the work tree's baseline, or export the change since it.")
-    parser.add_argument("command", choices=["init", "export"])
+    parser = argparse.ArgumentParser(description="Record the work tree's baseline, export the change since it, or apply a patch.")
+    parser.add_argument("command", choices=["init", "export", "apply"])
     parser.add_argument("--root", required=True, help="the work tree")
     parser.add_argument("--git-dir", required=True, help="where the baseline is kept (outside the work tree)")
     options = parser.parse_args(argv)
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = Baseline(options.root, options.git_dir)
         if options.command == "init":
             print(json.dumps({"files": baseline.init()}), flush=True)
+        elif options.command == "apply":
+            baseline.apply(sys.stdin.buffer.read())
         else:
             baseline.export()
     except (BaselineError, OSError) as exc:  # OSError: e.g. git is not installed, or no space left

@@ -44,6 +44,7 @@ class VerifyRecord(BaseModel):
     passed: bool = False
     output_tail: str = ""
     skipped: str | None = None
+    duration_s: float | None = None  # of the verify sandbox: start, copy-in, patch, command, removal
 
 
 class RunRecord(BaseModel):

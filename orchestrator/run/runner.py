@@ -30,14 +30,17 @@ from orchestrator.run.context import DEFAULT_WINDOWS
 from orchestrator.run.record import PatchRecord, RunRecord, Status, VerifyRecord
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import FORMAT_VERSION, Trajectory
+from orchestrator.run.verify import verify_patch
 from orchestrator.sandbox.backends import get_backend
 from orchestrator.sandbox.base import Backend
 from orchestrator.sandbox.channel import ToolChannel
 from orchestrator.sandbox.driver import Sandbox
+from orchestrator.sandbox.repo_tar import CopyStats
 from orchestrator.sandbox.spec import OUTPUT_MARKER_ROOM, SandboxSpec
 
 EXPORT_TIMEOUT_S = 120.0
-VERIFY_TAIL_CHARS = 4000
+# The agent's work can still be judged after these endings; the others leave nothing worth verifying.
+VERIFIABLE = ("completed", "max_steps", "budget_exceeded", "model_error")
 # Beyond the run's own time limit: the export, verify and clean-up, before others may remove the sandbox.
 LIFETIME_MARGIN_S = 1800.0
 
@@ -116,30 +119,70 @@ class Run:
             context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(),
         )  # fmt: skip
         started = time.monotonic()
-        sandbox: Sandbox | None = None
-        channel: ToolChannel | None = None
         try:
-            sandbox = self._start_sandbox()
-            channel = self._prepare(sandbox)
-            self._run_agent(channel, trajectory, deadline=started + self.config.policy.limits.timeout)
-        except KeyboardInterrupt:
-            self._fail("interrupted", "interrupted by the user (Ctrl-C)")
-        except ModelError as exc:
-            self._fail("model_error", str(exc))
-        except SandboxError as exc:
-            self._fail("sandbox_error", _with_cause(str(exc), sandbox))
-        except Exception as exc:  # a bug of ours: record it rather than lose the run
-            trajectory.write("error", error=traceback.format_exc())
-            self._fail("sandbox_error", f"internal error: {type(exc).__name__}: {exc}")
+            self._agent_phase(trajectory, deadline=started + self.config.policy.limits.timeout)
+            self._verify_phase(trajectory)
         finally:
             with interrupts_deferred(self.console):
-                if sandbox is not None:
-                    self._finish(sandbox, channel)
                 self._close_record(started)
                 trajectory.write("run_end", status=self.record.status, error=self.record.error)
                 trajectory.close()
                 self.trace.summary(self.record)
         return self.record
+
+    def _agent_phase(self, trajectory: Trajectory, deadline: float) -> None:
+        """The agent's sandbox, from start to removal, with the patch exported on every path."""
+        sandbox: Sandbox | None = None
+        channel: ToolChannel | None = None
+        try:
+            sandbox = self._start_sandbox()
+            channel = self._prepare(sandbox)
+            self._run_agent(channel, trajectory, deadline)
+        except BaseException as exc:
+            self._record_failure(exc, sandbox, trajectory)
+        finally:
+            with interrupts_deferred(self.console):
+                if sandbox is not None:
+                    self._finish(sandbox, channel)
+
+    def _verify_phase(self, trajectory: Trajectory) -> None:
+        """Run --verify in a fresh sandbox on the pristine repo plus patch.diff (see orchestrator.run.verify)."""
+        verify = self.record.verify
+        if verify is None:
+            return
+        if self.record.status not in VERIFIABLE:
+            verify.skipped = f"not run: the run ended with {self.record.status}"
+            return
+        self.trace.note(f"verify: {verify.command} (in a fresh sandbox: the pristine repo plus patch.diff)")
+        started = time.monotonic()
+        sandbox: Sandbox | None = None
+        try:
+            sandbox = Sandbox(self.backend.start(self.spec), self.spec)
+            verify_patch(sandbox, self._copy_repo, (self.config.out / "patch.diff").read_bytes(), verify, self.config.policy.limits.command_timeout)
+        except BaseException as exc:
+            self._record_failure(exc, sandbox, trajectory)
+            verify.skipped = f"not run to the end: {self.record.error}"
+        finally:
+            verify.duration_s = round(time.monotonic() - started, 2)
+            with interrupts_deferred(self.console):
+                self._remove(sandbox)
+        trajectory.write("verify", **verify.model_dump())
+        if self.record.status == "completed" and not verify.passed:
+            self.record.status = "verify_failed"
+
+    def _record_failure(self, exc: BaseException, sandbox: Sandbox | None, trajectory: Trajectory) -> None:
+        """What ended a phase, as the run's status and error; anything but our own errors is a bug, recorded whole."""
+        if isinstance(exc, KeyboardInterrupt):
+            self._fail("interrupted", "interrupted by the user (Ctrl-C)")
+        elif isinstance(exc, ModelError):
+            self._fail("model_error", str(exc))
+        elif isinstance(exc, SandboxError):
+            self._fail("sandbox_error", _with_cause(str(exc), sandbox))
+        elif isinstance(exc, Exception):  # a bug of ours: record it rather than lose the run
+            trajectory.write("error", error=traceback.format_exc())
+            self._fail("sandbox_error", f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            raise exc  # SystemExit and the like are not ours to record
 
     def _start_sandbox(self) -> Sandbox:
         try:
@@ -151,10 +194,13 @@ class Run:
             self.trace.note(f"could not remove stale sandboxes: {exc}")
         return Sandbox(self.backend.start(self.spec), self.spec)
 
+    def _copy_repo(self, sandbox: Sandbox) -> CopyStats:
+        """The repo's working tree into the sandbox, without hidden paths and the run's own output folder."""
+        return sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
+
     def _prepare(self, sandbox: Sandbox) -> ToolChannel:
-        """Copy the repo in (without hidden paths), install the tools, record the baseline, start the tool server."""
-        snapshot = sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
-        self.record.snapshot = vars(snapshot)
+        """Copy the repo in, install the tools, record the baseline, start the tool server."""
+        self.record.snapshot = vars(self._copy_repo(sandbox))
         sandbox.install_tools()
         sandbox.record_baseline()
         return sandbox.start_tool_server()
@@ -174,21 +220,24 @@ class Run:
         self.record.error = error
 
     def _finish(self, sandbox: Sandbox, channel: ToolChannel | None) -> None:
+        """Export the patch (when the baseline exists) and remove the agent's sandbox."""
         try:
             if sandbox.ready:
                 self._export(sandbox)
-            if channel is not None and self.record.verify is not None:
-                self._verify(channel)
         except SandboxError as exc:
             if self.record.error is None:
                 self._fail("sandbox_error", str(exc))
         finally:
             if channel is not None:
                 channel.close()
-            try:
+            self._remove(sandbox)
+
+    def _remove(self, sandbox: Sandbox | None) -> None:
+        try:
+            if sandbox is not None:
                 sandbox.remove()
-            except SandboxError as exc:
-                self.record.error = self.record.error or str(exc)
+        except SandboxError as exc:
+            self.record.error = self.record.error or str(exc)
 
     def _export(self, sandbox: Sandbox) -> None:
         raw, unrecorded = sandbox.export_patch(timeout=EXPORT_TIMEOUT_S)
@@ -213,21 +262,6 @@ class Run:
         if files > limits.max_patch_files:
             return f"the patch changes {files} files, over the policy's max_patch_files of {limits.max_patch_files}"
         return None
-
-    def _verify(self, channel: ToolChannel) -> None:
-        verify = self.record.verify
-        assert verify is not None
-        if self.record.status not in ("completed", "max_steps", "budget_exceeded", "model_error"):
-            verify.skipped = f"not run: the run ended with {self.record.status}"
-            return
-        self.trace.note(f"verify: {verify.command}")
-        timeout = self.config.policy.limits.command_timeout
-        reply = channel.call("run_bash", {"command": verify.command, "timeout": timeout}, timeout=timeout + 15)
-        verify.exit_code = reply.meta.get("exit_code")
-        verify.passed = verify.exit_code == 0
-        verify.output_tail = reply.output[-VERIFY_TAIL_CHARS:]
-        if self.record.status == "completed" and not verify.passed:
-            self.record.status = "verify_failed"
 
     def _close_record(self, started: float) -> None:
         record = self.record

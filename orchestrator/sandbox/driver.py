@@ -20,6 +20,7 @@ from orchestrator.sandbox.repo_tar import CopyStats, write_tar
 from orchestrator.sandbox.spec import SandboxSpec
 
 PYTHON = ["python3", "-E", "-s", "-B"]
+DOES_NOT_APPLY = "baseline apply: the patch does not apply: "  # baseline.py's words for a patch at fault
 
 
 def tools_tar() -> bytes:
@@ -74,9 +75,9 @@ class Sandbox:
         archive = tools_tar()
         self.exec(["tar", "-x", "--no-same-owner", "-f", "-", "-C", self.layout.tools_parent], user=ROOT_USER, feed_stdin=lambda send: send(archive))
 
-    def _baseline(self, command: str) -> list[str]:
+    def _baseline(self, command: str, git_dir: str | None = None) -> list[str]:
         layout = self.layout
-        return [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", layout.baseline_git_dir]
+        return [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", git_dir or layout.baseline_git_dir]
 
     def record_baseline(self) -> None:
         self.exec(self._baseline("init"))
@@ -87,6 +88,19 @@ class Sandbox:
         result = self.exec(self._baseline("export"), timeout=timeout)
         unrecorded = [line.removeprefix("unrecorded: ") for line in result.stderr.splitlines() if line.startswith("unrecorded: ")]
         return result.stdout, unrecorded
+
+    def apply_patch(self, patch: bytes, timeout: float = 120.0) -> str | None:
+        """Apply a patch to the workspace as `airlock apply` would; None if it applied, else why not."""
+        if not patch:
+            return None
+        cmd = self._baseline("apply", self.layout.apply_git_dir)
+        result = run_command(self.box.attach(cmd, user=self.spec.user, stdin=True), "baseline.py apply", feed_stdin=lambda send: send(patch), timeout=timeout)
+        if result.exit_code == 0:
+            return None
+        detail = (result.stderr.strip().splitlines() or [""])[-1]
+        if not detail.startswith(DOES_NOT_APPLY):
+            raise SandboxError(f"could not apply the patch in the sandbox: {detail or f'exit code {result.exit_code}'}")
+        return detail.removeprefix(DOES_NOT_APPLY)
 
     def start_tool_server(self) -> ToolChannel:
         cmd = [

@@ -45,6 +45,10 @@ class Layout:
     def baseline_git_dir(self) -> str:
         return f"{self.state}/baseline.git"
 
+    @property
+    def apply_git_dir(self) -> str:
+        return f"{self.state}/apply.git"
+
 
 @dataclass(frozen=True)
 class SandboxSpec:

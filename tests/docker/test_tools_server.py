@@ -792,3 +792,25 @@ def test_sandbox_and_host_neutralise_the_same_git_attributes() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.ATTRIBUTES.encode() == NEUTRAL_ATTRIBUTES
+
+
+def test_baseline_apply_writes_the_patch_whatever_the_trees_attributes_say(
+    tmp_path: Path, baseline: Callable[..., subprocess.CompletedProcess], in_image: Callable[..., list[str]]
+) -> None:
+    tree, copy = tmp_path / "tree", tmp_path / "copy"
+    make_original(tree)
+    shutil.copytree(tree, copy, symlinks=True)
+    git_dir = tmp_path / "state" / "baseline.git"
+    assert baseline("init", tree, git_dir).returncode == 0
+    change(tree)
+    patch = baseline("export", tree, git_dir).stdout
+
+    apply = in_image(*PYTHON, str(TOOLS / "baseline.py"), "apply", "--root", str(copy), "--git-dir", str(tmp_path / "apply.git"))
+    done = subprocess.run(apply, input=patch, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert snapshot(copy, _not_in_patch) == snapshot(tree, _not_in_patch)
+
+    again = subprocess.run(apply, input=patch, capture_output=True, timeout=60)  # all or nothing: it no longer applies
+    assert again.returncode == 1
+    assert again.stderr.startswith(b"baseline apply: the patch does not apply: ")
+    assert snapshot(copy, _not_in_patch) == snapshot(tree, _not_in_patch)

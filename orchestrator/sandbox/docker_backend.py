@@ -34,7 +34,8 @@ from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
 
 LABEL = "airlock.sandbox"
 DEADLINE_LABEL = "airlock.deadline"
-# Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id.
+# Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id; airlock then
+# tidies up only that owner's sandboxes, so jobs sharing an engine never touch each other's.
 OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 STDERR_TAIL_BYTES = 4096
 SEND_TIMEOUT_S = 120.0  # a box that stops reading its stdin cannot block the host forever
@@ -62,9 +63,18 @@ def owner_labels(spec: SandboxSpec) -> dict[str, str]:
         "airlock.pid": str(os.getpid()),
         DEADLINE_LABEL: str(int(time.time() + spec.lifetime_s)),
     }
-    if owner := os.environ.get(OWNER_ENV):
-        labels[OWNER_LABEL] = owner
-    return labels
+    return labels | owner_tag()
+
+
+def owner_tag() -> dict[str, str]:
+    """The owner label, when AIRLOCK_OWNER names one."""
+    owner = os.environ.get(OWNER_ENV)
+    return {OWNER_LABEL: owner} if owner else {}
+
+
+def sandbox_labels() -> list[str]:
+    """The label filter that finds this owner's sandboxes (every airlock sandbox when no owner is set)."""
+    return [LABEL, *(f"{key}={value}" for key, value in owner_tag().items())]
 
 
 def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
@@ -258,7 +268,7 @@ class DockerBackend:
 
     def remove_stale(self, *, everything: bool = False, runs: Collection[str] = ()) -> list[str]:
         removed = []
-        for container in self.client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
+        for container in self.client.containers.list(all=True, filters={"label": sandbox_labels()}, ignore_removed=True):
             ours = everything or container.labels.get("airlock.run-id") in runs
             if (ours or abandoned(container.attrs)) and _remove_container(container):
                 removed.append(container.short_id)

@@ -29,6 +29,7 @@ import requests.exceptions
 
 import sandbox_image
 from orchestrator.errors import SandboxError, UsageError
+from orchestrator.sandbox.docker_backend import owner_tag
 from orchestrator.sandbox.docker_client import docker_client
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
@@ -397,7 +398,7 @@ def _probe_tools(client: docker.DockerClient, image_id: str) -> dict[str, bool]:
     container = client.api.create_container(
         image_id,
         ["sh", "-c", _PROBE],
-        labels={"airlock.probe": "1"},
+        labels={"airlock.probe": "1", **owner_tag()},
         network_disabled=True,
         host_config=client.api.create_host_config(network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True),
     )

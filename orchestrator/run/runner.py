@@ -220,7 +220,7 @@ class Run:
     def _verify(self, channel: ToolChannel) -> None:
         verify = self.record.verify
         assert verify is not None
-        if self.record.status not in ("completed", "max_steps", "budget_exceeded", "model_error"):
+        if self.record.status not in ("completed", "max_steps", "budget_exceeded", "stuck", "model_error"):
             verify.skipped = f"not run: the run ended with {self.record.status}"
             return
         self.trace.note(f"verify: {verify.command}")

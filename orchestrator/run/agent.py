@@ -104,28 +104,40 @@ class Agent:
             if reply.stop_reason == END_TURN:
                 if reply.unreadable_call is None:
                     return "completed"
-                if self._corrected:
+                if self._corrected:  # the second in a row: telling it again will not help
                     self.guard.record("unreadable_calls", f"the model wrote tool calls that could not be read twice in a row ({reply.unreadable_call})")
                     return "stuck"
-                self._corrected = True
-                self.trace.note(f"the reply looks like a tool call that could not be read ({reply.unreadable_call}); the model is told how to write one")
-                messages.append(Message(role="user", content=[Text(text=UNREADABLE_CALL.format(problem=reply.unreadable_call))]))
+                messages.append(self._correction(reply.unreadable_call))
                 continue
             self._corrected = False
             if reply.stop_reason not in (TOOL_USE, MAX_TOKENS):
                 raise ModelError(f"the model stopped with stop_reason {reply.stop_reason!r}")
             answer = self._answer(reply.message, cut_off=reply.stop_reason == MAX_TOKENS)
-            if self._nudged_at is not None and self._repeats > self._nudged_at:
-                call = reply.message.tool_calls[-1].name
-                self.guard.record("limits.max_repeated_calls", f"the model made the same {call} call with the same result {self._repeats} times in a row")
+            if self._nudged_at is not None and self._repeats > self._nudged_at:  # told once, and it went on
+                self.guard.record(
+                    "limits.max_repeated_calls", f"the model made the same {self._repeated_tool} call with the same result {self._repeats} times in a row"
+                )
                 return "stuck"
-            if self._repeats >= self.limits.max_repeated_calls and self._nudged_at is None:
-                self._nudged_at = self._repeats
-                self.trace.note(f"the same call was made {self._repeats} times in a row with the same result; the model is told to change course")
-                nudge = REPEATED_CALL.format(name=reply.message.tool_calls[-1].name, count=self._repeats)
-                answer = Message(role="user", content=[*answer.content, Text(text=nudge)])
-            messages.append(answer)
+            messages.append(self._with_nudge(answer))
         return "max_steps"
+
+    def _correction(self, problem: str) -> Message:
+        """The one message telling the model its reply looked like a tool call that could not be read."""
+        self._corrected = True
+        self.trace.note(f"the reply looks like a tool call that could not be read ({problem}); the model is told how to write one")
+        return Message(role="user", content=[Text(text=UNREADABLE_CALL.format(problem=problem))])
+
+    def _with_nudge(self, answer: Message) -> Message:
+        """The answer, told once that it repeats itself when the same call and result reached the policy's count."""
+        if self._repeats < self.limits.max_repeated_calls or self._nudged_at is not None:
+            return answer
+        self._nudged_at = self._repeats
+        self.trace.note(f"the same call was made {self._repeats} times in a row with the same result; the model is told to change course")
+        return Message(role="user", content=[*answer.content, Text(text=REPEATED_CALL.format(name=self._repeated_tool, count=self._repeats))])
+
+    @property
+    def _repeated_tool(self) -> str:
+        return self._last_call[0] if self._last_call else ""
 
     def _ask(self, messages: list[Message]) -> Reply:
         """One model turn, recorded; a request the API finds too long is trimmed and sent again while trimming helps."""

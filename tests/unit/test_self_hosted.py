@@ -17,6 +17,7 @@ from orchestrator.providers.openai_api import TEXT_CALL_NOTE
 from orchestrator.providers.scripted import chat_text, reply, text, tool_use
 from orchestrator.run.context import ContextWindow
 from orchestrator.run.record import RunRecord, VerifyRecord
+from orchestrator.tokens import cap_tokens, estimate_tokens
 
 FIXED = "-    return a + b\n+    return a * b\n"
 EDIT = {"path": "calculator.py", "old_str": "def multiply(a, b):\n    return a + b", "new_str": "def multiply(a, b):\n    return a * b"}
@@ -170,3 +171,13 @@ def test_a_reply_room_too_large_for_a_learned_window_shrinks_and_the_same_prompt
     assert context.reply_tokens == 8000
     assert context.trim_after_overflow(messages, window=4096, prompt_tokens=2778) is None
     assert context.reply_tokens == 1024 and context.room == 3072
+
+
+def test_the_token_estimate_follows_what_the_text_is_made_of_and_a_cut_fits() -> None:
+    log = "".join(f"2026-12-01 08:{i % 60:02d}:07 [worker-{i % 4}] GET /api/items/{i * 7919} 200 {i % 97 / 10:.1f}ms\n" for i in range(500))
+    prose = "The model only acts through tools that run in the container, and what comes back is treated as untrusted data. " * 50
+    assert len(log) / estimate_tokens(log) < 2.0  # logs: under 2 characters a token, as Qwen's tokenizer counts them
+    assert 3.0 < len(prose) / estimate_tokens(prose) < 6.0  # prose: about a word a token
+    cut = cap_tokens(log, 1000)
+    assert estimate_tokens(cut) <= 1000 and cut.startswith(log[:100]) and cut.endswith(log[-100:]) and "characters dropped" in cut
+    assert cap_tokens(prose[:500], 1000) == prose[:500]

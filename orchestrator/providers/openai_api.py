@@ -40,6 +40,7 @@ class OpenAIProvider(Provider):
         super().__init__(model, **options)
         self.optional = list(OPTIONAL_PARAMETERS)  # less what the server refused
         self._listed: str | None = None  # what the server's /v1/models says it serves
+        self._text_calls = 0  # calls read from text so far: their ids are unique in the run
 
     def request(self, system: str, messages: list[Message], max_tokens: int) -> dict[str, Any]:
         rendered = [{"role": "system", "content": system}]
@@ -74,8 +75,9 @@ class OpenAIProvider(Provider):
         message = _parse(choice.message)
         unreadable = None
         if not message.tool_calls and message.text and self.text_tool_calls:
-            message, unreadable = _calls_from_text(message.text)
+            message, unreadable = _calls_from_text(message.text, first_id=self._text_calls)
             if message.tool_calls:
+                self._text_calls += len(message.tool_calls)
                 notes.append(TEXT_CALL_NOTE)
         usage = _usage(response.usage)
         if usage is not None:
@@ -102,11 +104,11 @@ class OpenAIProvider(Provider):
         return next((name for name in self.optional if name in message or name.replace("_", " ") in message), None)
 
 
-def _calls_from_text(text: str) -> tuple[Message, str | None]:
+def _calls_from_text(text: str, first_id: int) -> tuple[Message, str | None]:
     """The reply, with the tool calls its text holds as calls (their text removed), and why a call-like text is unreadable."""
     found = find_text_calls(text, TOOLS)
     parts: list[Part] = [Text(text=found.remaining)] if found.remaining else []
-    for index, (name, arguments) in enumerate(found.calls):
+    for index, (name, arguments) in enumerate(found.calls, start=first_id):
         parts.append(ToolCall(id=f"call_text_{index}", name=name, arguments=arguments, raw_arguments=json.dumps(arguments, ensure_ascii=False)))
     return Message(role="assistant", content=parts), found.failed
 

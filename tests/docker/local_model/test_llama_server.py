@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not MODEL_DIR, reason="needs llama-server and th
 CONTEXT = 16_384  # llama-server -c; one slot (-np 1) gets all of it
 MODEL_NAME = "qwen2.5-coder-1.5b-instruct"  # what airlock asks for; llama-server serves its one model whatever the name
 START_TIMEOUT_S = 600.0  # loading 1.1 GB and warming up on a busy 2-core machine
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1200
 OVERFLOW_REASONS = ("the API said the prompt was too long", "the newest tool results did not fit in the context window")
 
 
@@ -59,7 +59,9 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     port = _free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [str(root / "bin" / "llama-server"), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["-c", str(CONTEXT), "-np", "1", "-t", str(os.cpu_count() or 2), "--jinja"]
+    # One thread: on a shared 2-core machine, two threads that wait for each other at every step of a matrix
+    # product crawl (measured: 0.3 tokens/s under load, against 29 idle). --timeout: a slow reply is not a dead one.
+    command += ["-c", str(CONTEXT), "-np", "1", "-t", "1", "--timeout", str(RUN_TIMEOUT_S), "--jinja"]
     with log.open("wb") as sink:
         server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -120,9 +122,9 @@ def _log_repo(root: Path) -> Path:
     """A repo with a 100 KB build log whose one failing step is in the middle."""
     root.mkdir(parents=True)
     lines = [
-        f"2026-12-01 08:{i // 60 % 60:02d}:{i % 60:02d} [worker-{i % 4}] step {i:04d}: compiled module_{i:04d}.o in {i % 97 / 10:.1f}s" for i in range(1300)
+        f"2026-12-01 08:{i // 60 % 60:02d}:{i % 60:02d} [worker-{i % 4}] step {i:04d}: compiled module_{i:04d}.o in {i % 97 / 10:.1f}s" for i in range(1400)
     ]
-    lines[650] = "2026-12-01 08:10:50 [worker-2] step 0650: ERROR linking module_0650.o: undefined reference to `frobnicate'"
+    lines[700] = "2026-12-01 08:11:40 [worker-0] step 0700: ERROR linking module_0700.o: undefined reference to `frobnicate'"
     (root / "build.log").write_text("\n".join(lines) + "\n")
     assert 95_000 < (root / "build.log").stat().st_size < 110_000
     return root
@@ -150,8 +152,9 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
     make_repo, task, extra = TASKS[name]
     repo, out = make_repo(tmp_path), tmp_path / "out"
     log_before = llama_server["log"].read_text(errors="replace")
-    args = ["--provider", "openai", "--base-url", llama_server["base"] + "/v1", "--model", MODEL_NAME, "--max-steps", "12"]
-    proc = airlock("run", str(repo), "--task", task, "--out", str(out), *args, *extra, env=airlock_env(OPENAI_API_KEY="none"), timeout=RUN_TIMEOUT_S)
+    args = ["--provider", "openai", "--base-url", llama_server["base"] + "/v1", "--model", MODEL_NAME, "--max-steps", "8", "--max-reply-tokens", "1024"]
+    args += ["--timeout", str(RUN_TIMEOUT_S - 200)]  # the run ends itself (status `timeout`) before the test would kill it
+    proc = airlock("run", str(repo), "--task", task, "--out", str(out), *args, *extra, env=airlock_env(), timeout=RUN_TIMEOUT_S)
     result = Result(proc.returncode, proc.stdout, proc.stderr, out)
     server_log = llama_server["log"].read_text(errors="replace")[len(log_before) :]
 
@@ -172,11 +175,13 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
     notes = [note for response in responses for note in response["notes"]]
     assert all(note.startswith("tool call parsed from text") for note in notes), notes  # no parameter refused
 
-    # The server rejected no request but overflows, and each of those was handled by trimming or shortening.
+    # The server rejected no request but overflows, and each of those was handled by trimming or shortening: a
+    # refused parameter would be a note, any other rejection a model_error (both ruled out above); the server logs
+    # each error it answers a task with.
     trims = result.events("context_trimmed")
     overflows = [trim for trim in trims if trim["reason"] in OVERFLOW_REASONS]
-    rejected = len(re.findall(r"POST /v1/chat/completions \S+ [45]\d\d", server_log))
-    assert rejected == len(overflows), server_log[-3000:]
+    errors = re.findall(r"task id = \d+, error: (.*)", server_log)
+    assert all("context size" in error for error in errors) and len(errors) == len(overflows), (errors, overflows)
     if name == "log-100k" and any(call["name"] == "read_file" and "build.log" in json.dumps(call["input"]) for call in calls):
         read = next(call for call in calls if call["name"] == "read_file")
         assert estimate_tokens(read["output"]) <= 0.25 * CONTEXT  # capped relative to the window, not 50,000 characters

@@ -38,7 +38,8 @@ test-unit: venv
 LOCAL_MODEL_CACHE ?= .cache/local-model
 test-local-model: setup
 	bash scripts/ensure-local-model.sh $(LOCAL_MODEL_CACHE) $(VENV)/bin/pip
-	AIRLOCK_LOCAL_MODEL_DIR=$(abspath $(LOCAL_MODEL_CACHE)) $(PY) -m pytest tests/docker/local_model --timeout 1800
+	AIRLOCK_LOCAL_MODEL_DIR=$(abspath $(LOCAL_MODEL_CACHE)) $(PY) -m pytest tests/docker/local_model --timeout 1800; \
+	status=$$?; cat $(LOCAL_MODEL_CACHE)/last-run.txt 2>/dev/null; exit $$status
 
 lint: venv
 	$(VENV)/bin/ruff check .

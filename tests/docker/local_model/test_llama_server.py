@@ -5,7 +5,7 @@ the server and fetches the model first (scripts/ensure-local-model.sh); skipped 
 It asserts protocol facts, not task success: every run ends with a valid run.json and trajectory and no
 traceback, tool calls are executed (structured or parsed from text), the server rejected no request but
 overflows that were handled, and no container is left (tests/docker/conftest.py checks that after each test).
-At the end it prints a table of the runs.
+Each finished run adds a row to a table in the cache folder, which `make test-local-model` prints.
 """
 
 from __future__ import annotations
@@ -86,23 +86,25 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
             server.wait()
 
 
+TABLE_FILE = "last-run.txt"  # in the cache folder; `make test-local-model` prints it at the end, whatever failed
+HEADER = ("task", "status", "exit", "steps", "tool calls", "from text", "model s", "tools s", "tokens in", "tokens out", "trims")
+
+
 @pytest.fixture(scope="module")
-def table(request: pytest.FixtureRequest) -> Iterator[list[dict[str, Any]]]:
-    """Rows of the runs, printed as a table on the terminal when the module is done (whatever passed)."""
-    rows: list[dict[str, Any]] = []
-    yield rows
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not rows:
-        return
-    header = ("task", "status", "exit", "steps", "tool calls", "from text", "model s", "tools s", "tokens in", "tokens out", "trims")
-    lines = [header, *[tuple(str(row[key]) for key in header) for row in rows]]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    reporter.write_line("")
-    reporter.write_line(f"airlock against llama-server --jinja (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, -c {CONTEXT}, CPU):")
-    for line in lines:
-        reporter.write_line(
-            "  " + "  ".join(cell.ljust(width) if i < 2 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths, strict=True)))
-        )
+def table() -> list[dict[str, Any]]:
+    """Rows of the finished runs; each new row rewrites the table in the cache folder."""
+    assert MODEL_DIR is not None
+    (Path(MODEL_DIR) / TABLE_FILE).unlink(missing_ok=True)
+    return []
+
+
+def _write_table(rows: list[dict[str, Any]]) -> None:
+    assert MODEL_DIR is not None
+    lines = [HEADER, *[tuple(str(row[key]) for key in HEADER) for row in rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    title = f"airlock against llama-server --jinja (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, -c {CONTEXT}, CPU):"
+    body = ["  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))) for line in lines]
+    (Path(MODEL_DIR) / TABLE_FILE).write_text("\n".join([title, *body]) + "\n")
 
 
 def _explore_repo(root: Path) -> Path:
@@ -192,6 +194,7 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
         "from text": from_text, "model s": f"{sum(r['duration_s'] for r in responses):.0f}", "tools s": f"{sum(c['duration_s'] for c in calls):.1f}",
         "tokens in": f"{usage.prompt_tokens():,}", "tokens out": f"{usage.output_tokens:,}", "trims": len(trims),
     })  # fmt: skip
+    _write_table(table)
 
 
 SAMPLES = {

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AIRLOCK := $(VENV)/bin/airlock
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv docker image test-deps test test-unit lint demo bench clean
+.PHONY: setup venv docker image test-deps test test-unit test-local-model lint demo bench clean
 
 setup: venv docker image
 
@@ -32,6 +32,14 @@ test: setup test-deps
 # The tests that need no Docker engine (nor anything else beyond the venv), with none reachable.
 test-unit: venv
 	DOCKER_HOST=unix:///nonexistent $(PY) -m pytest tests/unit
+
+# Not part of `make test`: airlock against a real self-hosted model. The first time it builds llama.cpp's
+# llama-server (about 5 minutes on 2 cores) and fetches a 1.1 GB model into LOCAL_MODEL_CACHE; later runs reuse them.
+LOCAL_MODEL_CACHE ?= .cache/local-model
+test-local-model: setup
+	bash scripts/ensure-local-model.sh $(LOCAL_MODEL_CACHE) $(VENV)/bin/pip
+	AIRLOCK_LOCAL_MODEL_DIR=$(abspath $(LOCAL_MODEL_CACHE)) $(PY) -m pytest tests/docker/local_model --timeout 1800; \
+	status=$$?; cat $(LOCAL_MODEL_CACHE)/last-run.txt 2>/dev/null; exit $$status
 
 lint: venv
 	$(VENV)/bin/ruff check .

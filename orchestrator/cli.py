@@ -65,6 +65,10 @@ def run(
     context_window: Annotated[
         int | None, typer.Option(help="The model's context window in tokens; old tool results are stubbed out near it (default: the model's).")
     ] = None,
+    max_reply_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens of one model reply, sent to the server (default: 16000 for anthropic, 4096 for openai).")
+    ] = None,
+    text_tool_calls: Annotated[bool, typer.Option(help="Read tool calls a model writes as text when the server returns none (openai provider).")] = True,
     cpus: Annotated[float | None, typer.Option(help="CPU limit of the sandbox (default: 2).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory limit of the sandbox, no swap (default: 4g).")] = None,
     disk: Annotated[str | None, typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
@@ -82,7 +86,7 @@ def run(
     model = _model_name(provider, model)
     overrides = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
-        cpus=cpus, memory=memory, disk=disk, pids=pids, image=image,
+        max_reply_tokens=max_reply_tokens, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image,
     )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
     api_key = resolve_api_key(provider, api_key_env)
@@ -98,7 +102,8 @@ def run(
         stop_file=stop_file,
         backend=check_backend(backend),
     )
-    record = _execute(config, make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file))
+    adapter = make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)
+    record = _execute(config, adapter)
     _print_outputs(config.out)
     raise typer.Exit(record.exit_code)
 
@@ -149,6 +154,7 @@ def batch(
     model: Annotated[str | None, typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
+    text_tool_calls: Annotated[bool, typer.Option(help="Read tool calls a model writes as text when the server returns none (openai provider).")] = True,
     policy: Annotated[Path | None, typer.Option(help="Policy file for tasks without their own.")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
@@ -172,6 +178,7 @@ def batch(
     model = _model_name(provider, model)
     resolve_api_key(provider, api_key_env)  # fail the whole batch up front, not every task alike
     access = ["--provider", provider, *(["--base-url", base_url] if base_url else []), *(["--api-key-env", api_key_env] if api_key_env else [])]
+    access += [] if text_tool_calls else ["--no-text-tool-calls"]
     defaults = Defaults(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
@@ -258,12 +265,18 @@ def policy_show(file: Annotated[Path | None, typer.Argument(help="Policy file (d
 
 
 @policy_app.command("check")
-def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to validate.")]) -> None:
-    """Validate a policy file (exit 0 if valid, 2 with the file, line and key if not)."""
+def policy_check(
+    file: Annotated[Path, typer.Argument(help="Policy file to validate.")],
+    model: Annotated[str | None, typer.Option(help="Also check that the policy can apply to this model (a cost budget needs its price).")] = None,
+) -> None:
+    """Validate a policy file (exit 0 if valid, 2 with the file, line and key if not); warn about what cannot apply."""
     from orchestrator.policy.model import load_policy
+    from orchestrator.policy.pricing import policy_warnings
 
-    load_policy(file)
-    console.print(f"{file}: ok", markup=False)
+    warnings = policy_warnings(load_policy(file), model)
+    console.print(f"{file}: ok" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""), markup=False)
+    for warning in warnings:
+        err_console.print(f"airlock: warning: {warning}", markup=False)
 
 
 @app.command()

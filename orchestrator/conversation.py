@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from orchestrator.tokens import estimate_tokens
+
 # Why the model stopped, in the loop's words (each adapter maps its API's values onto these).
 END_TURN, TOOL_USE, MAX_TOKENS = "end_turn", "tool_use", "max_tokens"
 
@@ -44,6 +46,15 @@ class ToolResult(_Part):
 
 
 Part = Annotated[Text | ToolCall | ToolResult, Field(discriminator="type")]
+PER_MESSAGE, PER_PART = 4, 8  # tokens of a message's and a part's framing (role, ids, the template's markers)
+
+
+def _part_text(part: Text | ToolCall | ToolResult) -> str:
+    if isinstance(part, Text):
+        return part.text
+    if isinstance(part, ToolCall):
+        return part.name + (part.raw_arguments if part.raw_arguments is not None else json.dumps(part.arguments, ensure_ascii=False))
+    return part.output
 
 
 class Message(BaseModel):
@@ -52,13 +63,13 @@ class Message(BaseModel):
 
     role: Literal["user", "assistant"]
     content: list[Part]
-    _chars: int | None = PrivateAttr(None)
+    _tokens: int | None = PrivateAttr(None)
 
-    def chars(self) -> int:
-        """Characters of the message as JSON: what the context-window estimate counts."""
-        if self._chars is None:
-            self._chars = len(json.dumps(self.model_dump(mode="json"), ensure_ascii=False))
-        return self._chars
+    def tokens(self) -> int:
+        """The message's estimated size in tokens (see orchestrator.tokens): what the context-window estimate counts."""
+        if self._tokens is None:
+            self._tokens = PER_MESSAGE + sum(PER_PART + estimate_tokens(_part_text(part)) for part in self.content)
+        return self._tokens
 
     @property
     def text(self) -> str:
@@ -100,3 +111,5 @@ class Reply(BaseModel):
     usage: Usage | None  # None when the server reported none
     raw: dict[str, Any]  # the response body as received, for the trajectory and for replay
     notes: list[str] = []  # what the adapter had to work around to get this reply
+    # Why a reply that looks like an attempt at a tool call could not be read as one (None: it does not look like one).
+    unreadable_call: str | None = None

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
 from orchestrator.policy.pricing import cost_usd
+from orchestrator.run.record import succeeded
 
 State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"]
 # A run.json with one of these did not finish its work: a resumed batch runs the task again.
@@ -72,6 +73,11 @@ class Job:
     @property
     def id(self) -> str:
         return self.task.id
+
+    @property
+    def succeeded(self) -> bool:
+        """The run's own rule (orchestrator.run.record.succeeded): with a verify command, its verdict decides."""
+        return self.record is not None and succeeded(self.status, self.record.get("verify"))
 
     @property
     def cost(self) -> float | None:

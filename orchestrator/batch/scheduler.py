@@ -118,7 +118,7 @@ class Batch:
     def _finish(self, started_at: str) -> int:
         rows = [task_row(job) for job in self.jobs]
         sums = totals(rows, time.monotonic() - self._started)
-        code = 130 if self.interrupts else (0 if all(job.status == "completed" for job in self.jobs) else 1)
+        code = 130 if self.interrupts else (0 if all(job.succeeded for job in self.jobs) else 1)
         out = self.options.out
         write_json(out / "summary.json", {
             "tasks": rows, "totals": sums, "started_at": started_at, "finished_at": _now(), "exit_code": code,
@@ -203,8 +203,8 @@ class Batch:
         files = (record.get("patch") or {}).get("files_changed", 0)
         steps = record.get("steps", job.step)
         details = f"{_plural(steps, 'step')}, {_plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
-        style = "green" if job.status == "completed" else "red"
-        error = f": {escape(job.error)}" if job.error and job.status != "completed" else ""
+        style = "green" if job.succeeded else "red"
+        error = f": {escape(job.error)}" if job.error and not job.succeeded else ""
         self.display.log(f"{escape(job.id)} [{style}]{job.status}[/]{verdict} · {details}{error}")
         if job.status == "crashed":  # a run that died uncleanly may have left its sandbox
             _remove_sandboxes_of([job])
@@ -272,7 +272,7 @@ class Batch:
         view = Overview(
             total=len(self.jobs),
             finished=len(finished),
-            failed=sum(job.status != "completed" for job in finished),
+            failed=sum(not job.succeeded for job in finished),
             skipped=len(self.jobs) - len(now),
             running=sum(job.state in ACTIVE for job in now),
             queued=sum(job.state == "queued" for job in now),

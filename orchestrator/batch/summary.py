@@ -21,7 +21,7 @@ from orchestrator.batch.job import Job
 from orchestrator.batch.progress import duration, money
 
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-STATUS_STYLE = {"completed": "green", "interrupted": "yellow", "not_started": "dim"}
+STATUS_STYLE = {"completed": "green", "interrupted": "yellow", "not_started": "dim", "stuck": "yellow", "max_steps": "yellow"}
 
 
 def task_row(job: Job) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def task_row(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "status": job.status,
+        "succeeded": job.succeeded,  # with a verify command, its verdict (see orchestrator.run.record.succeeded)
         "skipped": job.state == "skipped",  # finished in an earlier invocation; values as recorded then
         "repo": job.task.repo,
         "ref": job.task.ref,
@@ -51,6 +52,7 @@ def totals(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     costs = [row["cost_usd"] for row in rows]
     return {
         "tasks": len(rows),
+        "succeeded": sum(row["succeeded"] for row in rows),  # what the exit code counts: with --verify, its verdict
         "completed": sum(row["status"] == "completed" for row in rows),
         "not_completed": sum(row["status"] != "completed" for row in rows),
         "skipped": sum(row["skipped"] for row in rows),
@@ -98,13 +100,14 @@ def print_table(console: Console, rows: list[dict[str, Any]], sums: dict[str, An
         table.add_column(column, justify="left" if column in ("task", "status", "verify") else "right", no_wrap=column in ("task", "status"))
     for row in rows:
         status = row["status"] + (" (earlier)" if row["skipped"] else "")
+        style = "green" if row["succeeded"] else STATUS_STYLE.get(row["status"], "red")
         table.add_row(
-            escape(row["id"]), f"[{STATUS_STYLE.get(row['status'], 'red')}]{escape(status)}[/]", _verify(row), str(row["steps"]),
+            escape(row["id"]), f"[{style}]{escape(status)}[/]", _verify(row), str(row["steps"]),
             f"{sum(row['tokens'].values()):,}", money(row["cost_usd"]), duration(row["duration_s"]), str(row["files_changed"]),
         )  # fmt: skip
     table.add_section()
     table.add_row(
-        "total", f"{sums['completed']}/{sums['tasks']} completed", "", str(sums["steps"]), f"{sum(sums['tokens'].values()):,}",
+        "total", f"{sums['succeeded']}/{sums['tasks']} succeeded", "", str(sums["steps"]), f"{sum(sums['tokens'].values()):,}",
         money(sums["cost_usd"], sums["tasks_with_unknown_cost"] > 0), duration(sums["duration_s"]), str(sums["files_changed"]),
     )  # fmt: skip
     console.print(table)
@@ -115,5 +118,5 @@ def print_table(console: Console, rows: list[dict[str, Any]], sums: dict[str, An
         highlight=False,
     )
     for row in rows:
-        if row["error"] and row["status"] != "completed":
+        if row["error"] and not row["succeeded"]:
             console.print(f"[red]{escape(row['id'])}[/]: {escape(row['error'])}", highlight=False)

@@ -26,12 +26,12 @@ def calculator_script() -> list[Turn]:
 
 
 def long_run_script(steps: int = 40, *, big_step: int | None = None) -> list[Turn]:
-    """A long exploration: `steps` tool calls of ~3,600 characters of output each, then the end.
+    """A long exploration: `steps` tool calls of ~3,600 characters of output each (each a different one), then the end.
 
     Together they are several times a small context window (for the trimming test and `make bench`);
     `big_step`'s command prints ~590k characters instead, far over any output limit."""
     turns = [
-        reply(text(f"Step {n}: looking at more output."), tool_use("run_bash", command="seq 1 100000" if n == big_step else "seq 10000 10600"))
+        reply(text(f"Step {n}: looking at more output."), tool_use("run_bash", command="seq 1 100000" if n == big_step else f"seq {10000 + n} {10600 + n}"))
         for n in range(1, steps + 1)
     ]
     return [*turns, reply(text("Done: I looked at everything."))]

@@ -64,6 +64,8 @@ class LimitsPolicy(_Section):
     max_steps: int = Field(50, ge=1)
     max_output_chars: int = Field(50_000, ge=1000)
     context_window: int | None = Field(None, ge=2000)  # tokens; None: the model's (see orchestrator.run.context)
+    max_reply_tokens: int | None = Field(None, ge=16)  # one reply; None: the provider's default
+    max_repeated_calls: int = Field(3, ge=2)  # the same call with the same result this many times in a row: a nudge, then `stuck`
     max_patch_bytes: Annotated[int, _size(0), Field(ge=1)] = 10 * MiB
     max_patch_files: int = Field(500, ge=1)
 

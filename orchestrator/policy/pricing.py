@@ -13,7 +13,7 @@ from typing import Any
 
 import tomllib
 
-from orchestrator.policy.model import Price
+from orchestrator.policy.model import Policy, Price
 
 PRICES_FILE = Path(__file__).with_name("prices.toml")
 _SNAPSHOT = re.compile(r"^(?P<alias>.+)-\d{8}$")  # claude-sonnet-4-5-20250929 -> claude-sonnet-4-5
@@ -55,3 +55,25 @@ def cost_usd(usage: Any, price: Price | None) -> float | None:
         + _tokens(usage, "cache_read_input_tokens") * price.cache_read
     )
     return round(cost / 1_000_000, 6)
+
+
+def policy_warnings(policy: Policy, model: str | None) -> list[str]:
+    """What a valid policy cannot do as written (with `model`, when given), for `airlock policy check`."""
+    warnings = []
+    budget, limits = policy.budget, policy.limits
+    if budget.max_cost_usd is not None and model is None:
+        warnings.append(
+            "[budget] max_cost_usd applies only to models with a known price (the Claude models of prices.toml, or [budget.prices]): "
+            "a run with any other model is refused (exit 2); name the model with --model to check it"
+        )
+    elif budget.max_cost_usd is not None and model is not None and price_for(model, budget.prices) is None:
+        warnings.append(
+            f"[budget] max_cost_usd cannot apply to model {model!r}: airlock has no price for it, so a run with it is refused (exit 2); "
+            f'state the budget in tokens (max_input_tokens, max_output_tokens) or add [budget.prices."{model}"]'
+        )
+    if limits.context_window and limits.max_reply_tokens and limits.max_reply_tokens > limits.context_window // 4:
+        warnings.append(
+            f"[limits] max_reply_tokens = {limits.max_reply_tokens} is more than a quarter of context_window = {limits.context_window}: "
+            f"replies are limited to {limits.context_window // 4} tokens"
+        )
+    return warnings

@@ -61,8 +61,11 @@ def installed(package: str) -> bool:
         return False
 
 
-def make_provider(provider: str, model: str, *, api_key: str | None, base_url: str | None = None, rate_limit_file: Path | None = None) -> Provider:
-    """The adapter for `provider`, its SDK importing in the background. `rate_limit_file`: see orchestrator.providers.backoff."""
+def make_provider(
+    provider: str, model: str, *, api_key: str | None, base_url: str | None = None, rate_limit_file: Path | None = None, text_tool_calls: bool = True
+) -> Provider:
+    """The adapter for `provider`, its SDK importing in the background. `rate_limit_file`: see orchestrator.providers.backoff;
+    `text_tool_calls`: see orchestrator.providers.text_calls."""
     module, _, cls = ADAPTERS[check_provider(provider)].partition(":")
     adapter: type[Provider] = getattr(importlib.import_module(module), cls)
-    return adapter(model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file)
+    return adapter(model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)

@@ -16,17 +16,17 @@ from orchestrator.errors import ModelError
 from orchestrator.providers.base import Provider, api_error
 from orchestrator.tool_specs import tool_schemas
 
-# Below the SDK's non-streaming ceiling (it refuses requests it expects to take over 10 minutes).
-MAX_OUTPUT_TOKENS = 16_000
 CACHE = {"type": "ephemeral"}
 
 
 class AnthropicProvider(Provider):
     name = "anthropic"
+    # Below the SDK's non-streaming ceiling (it refuses requests it expects to take over 10 minutes).
+    default_reply_tokens = 16_000
     # Rendered once: the same bytes in every request.
     tools = [{"name": t["name"], "description": t["description"], "input_schema": t["schema"]} for t in tool_schemas()]
 
-    def request(self, system: str, messages: list[Message]) -> dict[str, Any]:
+    def request(self, system: str, messages: list[Message], max_tokens: int) -> dict[str, Any]:
         """The request body. Cache breakpoints: tools, system prompt, task (the stable prefix), and the moving tail.
 
         Messages are rendered afresh each time and only the copy is marked, so earlier turns stay
@@ -37,23 +37,24 @@ class AnthropicProvider(Provider):
             rendered[marked]["content"][-1]["cache_control"] = CACHE
         return {
             "model": self.model,
-            "max_tokens": MAX_OUTPUT_TOKENS,
+            "max_tokens": max_tokens,
             "system": [{"type": "text", "text": system, "cache_control": CACHE}],
             "tools": tools,
             "messages": rendered,
         }
 
-    def complete(self, system: str, messages: list[Message], timeout: float) -> Reply:
+    def complete(self, system: str, messages: list[Message], timeout: float, max_tokens: int) -> Reply:
         import anthropic
 
         try:
-            response = self.client.messages.create(**self.request(system, messages), timeout=timeout)
+            response = self.client.messages.create(**self.request(system, messages, max_tokens), timeout=timeout)
         except anthropic.APITimeoutError:
             raise TimeoutError from None
         except anthropic.APIStatusError as exc:
             raise api_error(exc.status_code, _api_message(exc)) from None
         except anthropic.APIConnectionError as exc:
             raise ModelError(f"cannot reach the model API at {self.base_url}: {exc.__cause__ or exc}") from None
+        self._reply_model = response.model or self._reply_model
         usage = None
         if response.usage is not None:
             usage = Usage()

@@ -23,22 +23,42 @@ class ContextOverflow(ModelError):
         self.window, self.prompt_tokens = window, prompt_tokens
 
 
-_OVERFLOW = re.compile(r"prompt is too long|context (length|window|size|limit)|maximum context|too many tokens", re.IGNORECASE)
+_OVERFLOW = re.compile(
+    r"prompt is too long|context (length|window|size|limit)|maximum context|too many tokens|`inputs` tokens|exceed_context_size", re.IGNORECASE
+)
+# Each server's wording, with the numbers it gives: (pattern, group of the prompt's tokens, group of the window).
+_OVERFLOW_NUMBERS = [
+    # Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"
+    (re.compile(r"(\d+) tokens > (\d+) maximum"), 1, 2),
+    # llama.cpp: "request (32680 tokens) exceeds the available context size (16384 tokens), try increasing it",
+    # and "input (32680 tokens) is larger than the max context size (16384 tokens)"
+    (re.compile(r"\((\d+) tokens\) (?:exceeds the available|is larger than the max) context size \((\d+) tokens\)"), 1, 2),
+    # vLLM: "This model's maximum context length is 4096 tokens and your request has 2778 input tokens (8000 > 4096 - 2778)",
+    # "... However, your request has 4176 input tokens", "... However, your messages resulted in 33000 tokens"
+    (re.compile(r"maximum context length is (\d+) tokens.*?(?:request has|messages resulted in) (\d+)(?: input)? tokens", re.DOTALL), 2, 1),
+    # Hugging Face TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`"
+    (re.compile(r"must be <= (\d+)\. Given: (\d+) `inputs` tokens"), 2, 1),
+]
 
 
-def api_error(status: int, message: str) -> ModelError:
-    """The error for a failed request, a ContextOverflow when the message says the prompt was too long."""
+def api_error(status: int, message: str, *, window: int | None = None, prompt_tokens: int | None = None) -> ModelError:
+    """The error for a failed request, a ContextOverflow when the message says the prompt was too long.
+
+    `window` and `prompt_tokens`: numbers the server gave in fields of its error (llama.cpp's n_ctx and
+    n_prompt_tokens); otherwise they are read from its message when it says them."""
     text = f"model API error {status}: {message}"
     if status not in (400, 413, 422) or not _OVERFLOW.search(message):
         return ModelError(text)
-    # Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"; with max_tokens: "188240 + 21333 > 200000".
-    if match := re.search(r"(\d+) tokens > (\d+) maximum", message):
-        return ContextOverflow(text, prompt_tokens=int(match[1]), window=int(match[2]))
+    # Anthropic, when the reply's max_tokens is what does not fit: "188240 + 21333 > 200000" (prompt + reply > window):
+    # the window left for the prompt is the difference, as the reply's room is counted on the side.
     if match := re.search(r"(\d+) \+ (\d+) > (\d+)", message):
-        return ContextOverflow(text, prompt_tokens=int(match[1]), window=int(match[3]) - int(match[2]))
-    # OpenAI and vLLM: "This model's maximum context length is 32768 tokens. However, you requested ..."
+        return ContextOverflow(text, prompt_tokens=prompt_tokens or int(match[1]), window=window or int(match[3]))
+    for pattern, prompt_group, window_group in _OVERFLOW_NUMBERS:
+        if match := pattern.search(message):
+            return ContextOverflow(text, prompt_tokens=prompt_tokens or int(match[prompt_group]), window=window or int(match[window_group]))
+    # OpenAI: "This model's maximum context length is 32768 tokens. However, you requested 33000 tokens (...)"
     match = re.search(r"maximum context length is (\d+)", message)
-    return ContextOverflow(text, window=int(match[1]) if match else None)
+    return ContextOverflow(text, prompt_tokens=prompt_tokens, window=window or (int(match[1]) if match else None))
 
 
 def sdk_client(sdk: str, api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> Future[Any]:
@@ -69,12 +89,23 @@ class Provider:
     It holds the model's name, the usage summed over its replies, and the SDK client made in the background."""
 
     name: str  # the provider, which is also the SDK's module name
+    default_reply_tokens: int  # one reply's token limit unless the policy sets one
 
     def __init__(
-        self, model: str, *, api_key: str | None = None, base_url: str | None = None, max_retries: int = 4, rate_limit_file: Path | None = None
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        rate_limit_file: Path | None = None,
+        text_tool_calls: bool = True,
     ) -> None:
+        """`text_tool_calls`: read tool calls a model wrote as text when the server returned none (see text_calls)."""
         self.model = model
         self.usage = Usage()
+        self.text_tool_calls = text_tool_calls
+        self._reply_model: str | None = None  # the model field of the newest reply
         self._client = sdk_client(self.name, api_key, base_url, max_retries, rate_limit_file)
 
     @property
@@ -85,6 +116,10 @@ class Provider:
     def base_url(self) -> str:
         return str(self.client.base_url)
 
-    def complete(self, system: str, messages: list[Message], timeout: float) -> Reply:
-        """One model turn; raises TimeoutError, ContextOverflow or ModelError."""
+    def served_model(self) -> str | None:
+        """The model that actually answered, as the API says (the requested name may be an alias, or ignored); None if unknown."""
+        return self._reply_model
+
+    def complete(self, system: str, messages: list[Message], timeout: float, max_tokens: int) -> Reply:
+        """One model turn of at most `max_tokens` tokens; raises TimeoutError, ContextOverflow or ModelError."""
         raise NotImplementedError

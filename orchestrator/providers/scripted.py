@@ -40,6 +40,7 @@ class ApiError:
     message: str
     type: str = "api_error"
     headers: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # more fields of the error object (llama.cpp's n_ctx, n_prompt_tokens)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ def tool_use(name: str, **tool_input: Any) -> dict[str, Any]:
 def raw_tool_use(name: str, arguments: str) -> dict[str, Any]:
     """A tool call whose `arguments` string is sent as is on the chat-completions API (e.g. malformed JSON)."""
     return {"type": "tool_use", "id": f"toolu_scripted_{next(_ids)}", "name": name, "input": {}, "raw_arguments": arguments}
+
+
+def chat_text(content: str, finish_reason: str = "stop") -> dict[str, Any]:
+    """A raw chat-completions reply that is text only: how a small model behind a server whose chat template does not
+    parse its tool calls answers, with the call written in the text (served as is, on that API only)."""
+    message = {"role": "assistant", "content": content}
+    usage = {"prompt_tokens": 1500, "completion_tokens": _tokens(content), "total_tokens": 1500 + _tokens(content)}
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason}
+    return {"id": f"chatcmpl-scripted-{next(_ids)}", "object": "chat.completion", "created": 0, "model": "scripted", "choices": [choice], "usage": usage}
 
 
 def _tokens(value: Any) -> int:
@@ -170,10 +180,18 @@ class ScriptedModelServer:
     `paths`, `times` and `markers` run parallel to `requests`: which API was asked, when (time.monotonic())
     and which script answered (None for a plain list of turns). `refuse_parameters`: request keys the
     chat-completions endpoint rejects with a 400, as some servers do with `tool_choice`; no turn is used.
-    `context_window`: a request whose prompt is larger gets the API's "too long" 400 instead; no turn is used."""
+    `context_window`: a request whose prompt is larger gets the API's "too long" 400 instead; no turn is used.
+    `models`: what GET /v1/models lists (as llama.cpp's server lists its one model); not served when None.
+    `llama_cpp`: the chat-completions endpoint words its "too long" error as llama.cpp's server does."""
 
     def __init__(
-        self, turns: Iterable[Turn] | Mapping[str, Iterable[Turn]], *, refuse_parameters: Iterable[str] = (), context_window: int | None = None
+        self,
+        turns: Iterable[Turn] | Mapping[str, Iterable[Turn]],
+        *,
+        refuse_parameters: Iterable[str] = (),
+        context_window: int | None = None,
+        models: Iterable[str] | None = None,
+        llama_cpp: bool = False,
     ) -> None:
         self._routed = isinstance(turns, Mapping)
         self._scripts: dict[str | None, list[Turn]] = (
@@ -181,6 +199,8 @@ class ScriptedModelServer:
         )
         self._refused = tuple(refuse_parameters)
         self._window = context_window
+        self._models = None if models is None else list(models)
+        self._llama_cpp = llama_cpp
         self._lock = threading.Lock()
         self.cache = PromptCache()
         self.requests: list[dict[str, Any]] = []
@@ -229,6 +249,9 @@ class ScriptedModelServer:
             return ApiError(400, f"Unsupported parameter: '{refused[0]}' is not supported by this server", "invalid_request_error")
         if self._window is not None and (size := prompt_tokens(path, request)) > self._window:
             self.refusals.append(request)
+            if path == OPENAI and self._llama_cpp:
+                message = f"request ({size} tokens) exceeds the available context size ({self._window} tokens), try increasing it"
+                return ApiError(400, message, "exceed_context_size_error", fields={"n_prompt_tokens": size, "n_ctx": self._window})
             if path == OPENAI:
                 message = f"This model's maximum context length is {self._window} tokens. However, your messages resulted in {size} tokens."
                 return ApiError(400, message, "invalid_request_error")
@@ -256,6 +279,11 @@ class ScriptedModelServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] != "/v1/models" or api._models is None:
+                    return self._send(404, {"error": {"type": "not_found_error", "message": self.path, "code": 404}})
+                self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "scripted"} for name in api._models]})
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 path = self.path.split("?")[0]
@@ -264,7 +292,7 @@ class ScriptedModelServer:
                 api.headers.append({name.lower(): value for name, value in self.headers.items()})
                 outcome = api._next(path, json.loads(body))
                 if isinstance(outcome, ApiError):
-                    error = {"type": outcome.type, "message": outcome.message}
+                    error = {"type": outcome.type, "message": outcome.message, **outcome.fields}
                     payload = {"error": {**error, "code": None}} if path == OPENAI else {"type": "error", "error": error}
                     return self._send(outcome.status, payload, outcome.headers)
                 self._send(200, outcome)

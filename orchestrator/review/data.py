@@ -21,7 +21,7 @@ from orchestrator.conversation import Usage
 from orchestrator.errors import UsageError
 from orchestrator.review.diff import FileDiff, file_diffs
 from orchestrator.review.flags import SEVERITY_ORDER, Flag
-from orchestrator.run.record import PatchRecord
+from orchestrator.run.record import PatchRecord, succeeded
 
 RUN_FILES = ("run.json", "trajectory.jsonl", "patch.diff")
 MAX_OUTPUT_CHARS = 40_000  # one tool output kept for the report; the trajectory file has it all
@@ -49,6 +49,7 @@ class RunSummary(_Loose):
     repo: str = ""
     task: str = ""
     model: str = ""
+    served_model: str | None = None
     started_at: str = ""
     duration_s: float | None = None
     steps: int = 0
@@ -228,6 +229,12 @@ def _add_event(traj: Trajectory, steps: dict[int, Step], event: dict[str, Any]) 
 # ----------------------------------------------------------------------------- one run
 
 
+def model_label(summary: RunSummary) -> str:
+    """The model asked for, and what served it when the server says otherwise ("" when neither is known)."""
+    served = summary.served_model
+    return summary.model + (f" (served: {served})" if served and served != summary.model else "")
+
+
 class RunData(BaseModel):
     """Everything the report and `airlock show` need about one run."""
 
@@ -243,6 +250,10 @@ class RunData(BaseModel):
     @property
     def status(self) -> str:
         return self.summary.status
+
+    @property
+    def succeeded(self) -> bool:
+        return succeeded(self.summary.status, self.summary.verify)
 
     @property
     def all_flags(self) -> list[Flag]:

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from orchestrator.errors import UsageError
-from orchestrator.review.data import Collection, RunData, Step, ToolCall
+from orchestrator.review.data import Collection, RunData, Step, ToolCall, model_label
 from orchestrator.review.diff import DiffLine, FileDiff
 from orchestrator.review.flags import HIDDEN_RE, SEVERITY_ORDER, Flag, describe_char, escape_char, hidden_kind
 from orchestrator.review.highlight import Tokens, highlight
@@ -44,10 +44,11 @@ STATUS_CLASS = {
     "max_steps": "st-warn",
     "timeout": "st-warn",
     "budget_exceeded": "st-warn",
+    "stuck": "st-warn",
     "interrupted": "st-warn",
     "running": "st-info",
 }
-STATUS_RANK = {s: i for i, s in enumerate(["completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "patch_rejected",
+STATUS_RANK = {s: i for i, s in enumerate(["completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "stuck", "patch_rejected",
                                             "model_error", "sandbox_error", "interrupted", "running"])}  # fmt: skip
 SEVERITY_TITLE = {"danger": "Possible spoofing or tampering", "attention": "Needs attention", "note": "Notes"}
 
@@ -244,18 +245,19 @@ def _blocks(insertions: int, deletions: int) -> str:
 def _index(collection: Collection, anchors: list[str]) -> str:
     runs = collection.runs
     tasks = len(runs) + len(collection.not_run)
-    done = sum(r.status == "completed" for r in runs)
+    done = sum(r.succeeded for r in runs)  # with a verify command, its verdict decides
     attention = sum(bool(r.count("danger") or r.count("attention")) for r in runs)
     known = [r.summary.cost_usd for r in runs if r.summary.cost_usd is not None]
     unknown = len(runs) - len(known)
     tokens_in = sum(r.summary.usage.input_tokens + r.summary.usage.cache_read_input_tokens + r.summary.usage.cache_creation_input_tokens for r in runs)
     tokens_out = sum(r.summary.usage.output_tokens for r in runs)
-    cost = _cost(sum(known)) if known else "unknown"
-    cost_label = f"cost ({unknown} unknown)" if known and unknown else "cost"
+    # A total with unknown parts is unknown: the known part is said beside it, never passed off as the total.
+    cost = _cost(sum(known)) if not unknown else "unknown"
+    cost_label = "cost" if not unknown else f"cost: {unknown} of {len(runs)} unknown" + (f", {_cost(sum(known))} known" if known else "")
     cards = [
         ("", f"{tasks}", "tasks" if tasks != 1 else "task"),
-        ("ok" if done else "", f"{done}", "completed"),
-        ("bad" if tasks - done else "", f"{tasks - done}", "not completed"),
+        ("ok" if done else "", f"{done}", "succeeded"),
+        ("bad" if tasks - done else "", f"{tasks - done}", "did not succeed"),
         ("warn" if attention else "", f"{attention}", "need attention"),
         ("", cost, cost_label),
         ("", f"{_short(tokens_in)} / {_short(tokens_out)}", "tokens in / out"),
@@ -347,7 +349,7 @@ def _run(run: RunData, i: int, anchors: list[str], target: Path) -> str:
 def _facts(run: RunData, target: Path) -> str:
     s, u = run.summary, run.summary.usage
     facts = [
-        ("model", _t(s.model) or "—"),
+        ("model", _t(model_label(s)) or "—"),
         ("run id", _t(s.run_id) or "—"),
         ("steps", f"{s.steps} · {s.tool_calls} tool calls"),
         (

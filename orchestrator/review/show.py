@@ -16,12 +16,12 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.errors import UsageError
-from orchestrator.review.data import RunData, Step, ToolCall, is_run_folder, load_run
+from orchestrator.review.data import RunData, Step, ToolCall, is_run_folder, load_run, model_label
 from orchestrator.review.diff import FileDiff
 from orchestrator.review.flags import HIDDEN_RE, escape_char, hidden_kind
 
 STATUS_STYLE = {"completed": "bold green", "running": "bold blue", "interrupted": "bold yellow", "max_steps": "bold yellow",
-                "timeout": "bold yellow", "budget_exceeded": "bold yellow"}  # fmt: skip
+                "timeout": "bold yellow", "budget_exceeded": "bold yellow", "stuck": "bold yellow"}  # fmt: skip
 SEVERITY_STYLE = {"danger": ("✖", "bold red"), "attention": ("⚠", "bold yellow"), "note": ("·", "dim")}
 LINE_STYLE = {"add": "green", "del": "red", "hunk": "cyan", "nonl": "dim italic", "raw": "magenta", "context": ""}
 ESCAPE_STYLE = "bold white on red"
@@ -88,7 +88,7 @@ def _header(run: RunData, console: Console) -> None:
     status = "partial (running)" if s.status == "running" else s.status
     title = join(Text("airlock show ", style="bold"), name(run.name, "bold cyan"), "  ", Text(f"■ {status}", style=STATUS_STYLE.get(s.status, "bold red")))
     console.print(title)
-    facts = join(Text("model ", style="dim"), safe(s.model or "—"), Text("  run ", style="dim"), safe(s.run_id or "—"))
+    facts = join(Text("model ", style="dim"), safe(model_label(s) or "—"), Text("  run ", style="dim"), safe(s.run_id or "—"))
     console.print(facts)
     cost = "cost unknown" if s.cost_usd is None else f"${s.cost_usd:.4f}"
     duration = "—" if not s.duration_s else f"{s.duration_s:.1f} s"

@@ -7,6 +7,7 @@ Model errors, sandbox errors and Ctrl-C propagate to the runner, which still exp
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from orchestrator.run.context import ContextWindow, Trim
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import Trajectory
 from orchestrator.sandbox.channel import ToolChannel
+from orchestrator.tokens import cap_text, cap_tokens
 from orchestrator.tool_specs import ToolInputError, tool_schemas, validate_call
 
 SYSTEM_PROMPT = """\
@@ -35,8 +37,20 @@ How to work:
 - When the task is done, reply with a short summary of what you changed and why, without calling a tool."""
 
 # How the loop itself can end; errors and Ctrl-C propagate instead.
-Stop = Literal["completed", "max_steps", "timeout", "budget_exceeded"]
+Stop = Literal["completed", "max_steps", "timeout", "budget_exceeded", "stuck"]
 CUT_OFF = "Your previous reply was cut off by the output token limit. Continue where you left off."
+UNREADABLE_CALL = (
+    "Your reply looks like a tool call, but it could not be read: {problem}. To call a tool, use the tool-calling "
+    'interface, or write one JSON object {{"name": "<tool>", "arguments": {{...}}}} naming one of the tools. '
+    "If you are done, reply with a short summary and no tool call."
+)
+REPEATED_CALL = (
+    "You have made the same {name} call {count} times in a row and got the same result each time: repeating it will not "
+    "change anything. Do something different (read the file again, change the arguments, use another tool), or stop with "
+    "a summary if you are done. The next identical call ends the run."
+)
+# Numbers that change between identical calls without meaning anything (pytest's "in 0.03s", timings).
+_TIMINGS = re.compile(r"\d+\.\d+")
 TOOL_TIMEOUT_GRACE_S = 15.0
 
 
@@ -47,26 +61,23 @@ class Limits:
     deadline: float  # time.monotonic() value at which the run's wall clock is up
     context_window: int  # tokens
     max_result_chars: int = 50_000
-
-
-def cap_text(text: str, limit: int) -> str:
-    """Keep the head and tail of an over-long tool result, saying what was dropped and how to see it."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    dropped = len(text) - 2 * half
-    marker = f"\n[... {dropped} characters dropped; use line ranges, grep, head or tail to see them ...]\n"
-    return text[:half] + marker + text[-half:]
+    max_reply_tokens: int = 16_000  # one reply
+    max_repeated_calls: int = 3  # the same call with the same result this many times in a row: a nudge, then `stuck`
 
 
 class Agent:
     def __init__(self, provider: Provider, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard) -> None:
         self.provider, self.channel, self.limits, self.guard = provider, channel, limits, guard
         self.trace, self.trajectory = trace, trajectory
-        self.context = ContextWindow(limits.context_window, fixed_chars=len(SYSTEM_PROMPT) + len(json.dumps(tool_schemas())))
+        self.context = ContextWindow(limits.context_window, SYSTEM_PROMPT + json.dumps(tool_schemas()), limits.max_reply_tokens)
         self.steps = 0
         self.tool_calls = 0
         self.final_text = ""
+        self._noted: set[str] = set()  # adapter notes already shown on the terminal
+        self._corrected = False  # the last reply was an unreadable call, and the model was told
+        self._last_call: tuple[str, ...] | None = None  # the newest call and its result, as compared for repeats
+        self._repeats = 0  # how many times in a row it was made
+        self._nudged_at: int | None = None  # the repeat count at which the model was told it repeats itself
 
     def run(self, task: str) -> Stop:
         """Run until the model ends its turn or a limit is reached; returns the run status.
@@ -91,22 +102,57 @@ class Agent:
             self.final_text = reply.message.text or self.final_text
             self.trace.model_turn(self.steps, reply.message)
             if reply.stop_reason == END_TURN:
-                return "completed"
+                if reply.unreadable_call is None:
+                    return "completed"
+                if self._corrected:  # the second in a row: telling it again will not help
+                    self.guard.record("unreadable_calls", f"the model wrote tool calls that could not be read twice in a row ({reply.unreadable_call})")
+                    return "stuck"
+                messages.append(self._correction(reply.unreadable_call))
+                continue
+            self._corrected = False
             if reply.stop_reason not in (TOOL_USE, MAX_TOKENS):
                 raise ModelError(f"the model stopped with stop_reason {reply.stop_reason!r}")
-            messages.append(self._answer(reply.message, cut_off=reply.stop_reason == MAX_TOKENS))
+            answer = self._answer(reply.message, cut_off=reply.stop_reason == MAX_TOKENS)
+            if self._nudged_at is not None and self._repeats > self._nudged_at:  # told once, and it went on
+                self.guard.record(
+                    "limits.max_repeated_calls", f"the model made the same {self._repeated_tool} call with the same result {self._repeats} times in a row"
+                )
+                return "stuck"
+            messages.append(self._with_nudge(answer))
         return "max_steps"
+
+    def _correction(self, problem: str) -> Message:
+        """The one message telling the model its reply looked like a tool call that could not be read."""
+        self._corrected = True
+        self.trace.note(f"the reply looks like a tool call that could not be read ({problem}); the model is told how to write one")
+        return Message(role="user", content=[Text(text=UNREADABLE_CALL.format(problem=problem))])
+
+    def _with_nudge(self, answer: Message) -> Message:
+        """The answer, told once that it repeats itself when the same call and result reached the policy's count."""
+        if self._repeats < self.limits.max_repeated_calls or self._nudged_at is not None:
+            return answer
+        self._nudged_at = self._repeats
+        self.trace.note(f"the same call was made {self._repeats} times in a row with the same result; the model is told to change course")
+        return Message(role="user", content=[*answer.content, Text(text=REPEATED_CALL.format(name=self._repeated_tool, count=self._repeats))])
+
+    @property
+    def _repeated_tool(self) -> str:
+        return self._last_call[0] if self._last_call else ""
 
     def _ask(self, messages: list[Message]) -> Reply:
         """One model turn, recorded; a request the API finds too long is trimmed and sent again while trimming helps."""
         while True:
             started = time.monotonic()
             try:
-                reply = self.provider.complete(SYSTEM_PROMPT, messages, timeout=max(0.001, self.limits.deadline - started))
+                timeout = max(0.001, self.limits.deadline - started)
+                reply = self.provider.complete(SYSTEM_PROMPT, messages, timeout=timeout, max_tokens=self.context.reply_tokens)
                 break
             except ContextOverflow as exc:
-                trim = self.context.trim_after_overflow(messages, exc.window, exc.prompt_tokens)
-                if trim is None:
+                reply_tokens = self.context.reply_tokens
+                trim = self.context.trim_after_overflow(messages, exc.window, exc.prompt_tokens) or self.context.shorten_newest(messages)
+                # With nothing trimmed, sending again helps only if the prompt fits and the reply's room shrank.
+                fits = exc.prompt_tokens is not None and exc.prompt_tokens <= self.context.room
+                if trim is None and not (fits and self.context.reply_tokens < reply_tokens):
                     raise
                 self._record_trim(trim)
         self.context.observe(reply.usage, messages)
@@ -115,15 +161,16 @@ class Agent:
             usage=reply.usage.model_dump() if reply.usage else None, message=_dump([reply.message])[0], notes=reply.notes, response=reply.raw,
         )  # fmt: skip
         for note in reply.notes:
-            self.trace.note(note)
+            if note not in self._noted:  # said once on the terminal; every reply's notes are in the trajectory
+                self._noted.add(note)
+                self.trace.note(note)
         return reply
 
     def _record_trim(self, trim: Trim | None) -> None:
         if trim is not None:
             self.trajectory.write("context_trimmed", step=self.steps, **asdict(trim))
-            self.trace.note(
-                f"context trimmed ({trim.reason}): {len(trim.stubbed)} old tool results replaced by a stub, ~{trim.tokens_before:,} → ~{trim.tokens_after:,} tokens"
-            )
+            what = f"{len(trim.stubbed)} old tool results replaced by a stub" if trim.stubbed else f"{len(trim.shortened)} new tool results shortened"
+            self.trace.note(f"context trimmed ({trim.reason}): {what}, ~{trim.tokens_before:,} → ~{trim.tokens_after:,} tokens")
 
     def _answer(self, message: Message, *, cut_off: bool) -> Message:
         """One result per tool call, in order; a cut-off turn's last call may be incomplete and is not run."""
@@ -154,15 +201,23 @@ class Agent:
             output, is_error, meta = reply.output, reply.is_error, reply.meta
         except ToolInputError as exc:
             output, is_error = str(exc), True
-        output = cap_text(output, self.limits.max_result_chars) or "(no output)"
+        output = cap_tokens(cap_text(output, self.limits.max_result_chars), self.context.result_tokens) or "(no output)"
         duration = round(time.monotonic() - started, 3)
         recorded_input = call.arguments if call.problem is None else call.raw_arguments
+        self._count_repeats(call.name, json.dumps(recorded_input, sort_keys=True), output, is_error)
         self.trajectory.write(
             "tool_call", step=self.steps, id=call.id, name=call.name, input=recorded_input,
             output=output, is_error=is_error, meta=meta, duration_s=duration,
         )  # fmt: skip
         self.trace.tool_result(output, is_error, meta)
         return ToolResult(call_id=call.id, output=output, is_error=is_error)
+
+    def _count_repeats(self, *call: object) -> None:
+        signature = tuple(_TIMINGS.sub("#", str(value)) for value in call)
+        if signature == self._last_call:
+            self._repeats += 1
+        else:
+            self._last_call, self._repeats, self._nudged_at = signature, 1, None
 
 
 def _dump(messages: list[Message]) -> list[dict[str, Any]]:

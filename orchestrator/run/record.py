@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from orchestrator.conversation import Usage
 
 Status = Literal[
-    "running", "completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "patch_rejected",
+    "running", "completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "stuck", "patch_rejected",
     "model_error", "sandbox_error", "interrupted",
 ]  # fmt: skip
 
@@ -22,11 +22,26 @@ EXIT_CODES: dict[str, int] = {
     "max_steps": 1,
     "timeout": 1,
     "budget_exceeded": 1,
+    "stuck": 1,
     "patch_rejected": 1,
     "model_error": 4,
     "sandbox_error": 3,
     "interrupted": 130,
 }
+# How the agent may stop by itself or at a limit: with --verify, a passing verify makes any of these a success.
+AGENT_STOPS = ("completed", "max_steps", "timeout", "budget_exceeded", "stuck")
+
+
+def succeeded(status: str | None, verify: Any) -> bool:
+    """The run's success (exit 0): with a verify command, its verdict, when the agent stopped by itself or at
+    a limit; without one, `completed`. Errors, a rejected patch and interruptions never succeed.
+
+    `verify`: the VerifyRecord, or run.json's `verify` as read (a dict), or None when no verify was given."""
+    if isinstance(verify, BaseModel):
+        verify = verify.model_dump()
+    if not isinstance(verify, dict):
+        return status == "completed"
+    return status in AGENT_STOPS and verify.get("passed") is True and not verify.get("skipped")
 
 
 class PatchRecord(BaseModel):
@@ -52,7 +67,8 @@ class RunRecord(BaseModel):
     status: Status = "running"
     repo: str
     task: str
-    model: str
+    model: str  # as requested
+    served_model: str | None = None  # what the API says served the run (openai: the server's only model, else the replies' model field)
     provider: str = "anthropic"
     started_at: str
     duration_s: float = 0.0
@@ -70,7 +86,9 @@ class RunRecord(BaseModel):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.status, 1)
+        if succeeded(self.status, self.verify):
+            return 0
+        return 1 if self.status in AGENT_STOPS else EXIT_CODES.get(self.status, 1)
 
     def save(self, out_dir: Path) -> None:
         """Write run.json atomically, so a reader never sees half a file."""

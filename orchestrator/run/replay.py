@@ -39,6 +39,7 @@ class Recording:
     responses: list[dict[str, Any]]  # every model_response's `response`, in order
     tool_calls: list[dict[str, Any]]
     patch: bytes
+    text_tool_calls: bool = True  # whether the run read tool calls written as text (older recordings did not say: they did not)
 
 
 def load_recording(source: Path) -> Recording:
@@ -64,7 +65,9 @@ def load_recording(source: Path) -> Recording:
     if not responses:
         raise UsageError(f"{source / 'trajectory.jsonl'} holds no model responses: there is nothing to replay")
     tool_calls = [event for event in events if event.get("type") == "tool_call"]
-    return Recording(source, run, responses, tool_calls, (source / "patch.diff").read_bytes())
+    start = next((event for event in events if event.get("type") == "run_start"), {})
+    text_tool_calls = start.get("text_tool_calls") is True
+    return Recording(source, run, responses, tool_calls, (source / "patch.diff").read_bytes(), text_tool_calls)
 
 
 def compile_ignores(patterns: list[str]) -> list[re.Pattern[str]]:
@@ -131,7 +134,7 @@ def replay(source: Path, out: Path | None, repo: Path | None, ignore_regex: list
     # order through the same adapter, so no request leaves the machine and no API key is read.
     with ScriptedModelServer(list(recording.responses)) as api:
         base_url = api.openai_base_url if provider == "openai" else api.base_url
-        model = make_provider(provider, config.model, api_key="replay", base_url=base_url)
+        model = make_provider(provider, config.model, api_key="replay", base_url=base_url, text_tool_calls=recording.text_tool_calls)
         banner = f"REPLAY of {recording.source}: {turns} recorded model responses served locally, no API calls; every tool call runs again"
         record = Run(config, model, console).execute(banner)
         requested = len(api.requests)

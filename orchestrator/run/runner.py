@@ -40,7 +40,7 @@ from orchestrator.sandbox.spec import OUTPUT_MARKER_ROOM, SandboxSpec
 
 EXPORT_TIMEOUT_S = 120.0
 # The agent's work can still be judged after these endings; the others leave nothing worth verifying.
-VERIFIABLE = ("completed", "max_steps", "budget_exceeded", "model_error")
+VERIFIABLE = ("completed", "max_steps", "budget_exceeded", "stuck", "model_error")
 # Beyond the run's own time limit: the export, verify and clean-up, before others may remove the sandbox.
 LIFETIME_MARGIN_S = 1800.0
 
@@ -116,7 +116,7 @@ class Run:
         trajectory = Trajectory(out / "trajectory.jsonl")
         trajectory.write(
             "run_start", version=FORMAT_VERSION, run_id=self.config.run_id, provider=self.provider.name, model=self.config.model,
-            context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(),
+            context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(), text_tool_calls=self.provider.text_tool_calls,
         )  # fmt: skip
         started = time.monotonic()
         try:
@@ -207,7 +207,10 @@ class Run:
 
     def _run_agent(self, channel: ToolChannel, trajectory: Trajectory, deadline: float) -> None:
         limits = self.config.policy.limits
-        agent_limits = Limits(limits.max_steps, limits.command_timeout, deadline, self.context_window, limits.max_output_chars)
+        agent_limits = Limits(
+            limits.max_steps, limits.command_timeout, deadline, self.context_window, limits.max_output_chars,
+            limits.max_reply_tokens or self.provider.default_reply_tokens, limits.max_repeated_calls,
+        )  # fmt: skip
         self.agent = Agent(self.provider, channel, agent_limits, self.trace, trajectory, self.guard)
         self.record.status = self.agent.run(self.config.task)
         if self.record.status == "max_steps":
@@ -271,6 +274,7 @@ class Run:
         if self.agent is not None:
             record.steps, record.tool_calls = self.agent.steps, self.agent.tool_calls
         record.usage = self.provider.usage.model_copy()
+        record.served_model = self.provider.served_model()
         record.cost_usd = self.guard.cost(self.provider.usage)
         record.policy_events = self.guard.events
         record.save(self.config.out)

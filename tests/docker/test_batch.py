@@ -126,7 +126,7 @@ def test_batch_runs_in_parallel_resumes_without_the_model_and_redoes(tmp_path: P
     summed = {key: sum(row["tokens"][key] for row in data["tasks"]) for key in totals["tokens"]}
     assert totals["tokens"] == summed and f"cache read {summed['cache_read_input_tokens']:,}" in log  # printed at the end too
     assert data["exit_code"] == 1 and data["interrupted"] is False and data["started_at"] <= data["finished_at"]
-    assert re.search(r"total\s+│\s+4/6 completed", log), log  # the table, with its totals row
+    assert re.search(r"total\s+│\s+4/6 succeeded", log), log  # the table, with its totals row
     assert "api-error: model API error 400: prompt is too long" in log
 
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

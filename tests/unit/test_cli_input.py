@@ -94,3 +94,22 @@ def test_shipped_policies_check_and_show() -> None:
         assert proc.returncode == 0, proc.stderr
     shown = airlock("policy", "show", str(STRICT))
     assert shown.returncode == 0 and "allow = [" in shown.stdout and "tests/**" in shown.stdout
+
+
+def test_policy_check_warns_when_a_policy_cannot_apply_to_the_model() -> None:
+    ci = str(PROJECT / "policies" / "ci.toml")
+    local = airlock("policy", "check", ci, "--model", "qwen2.5-coder-7b")
+    assert local.returncode == 0 and local.stdout.strip() == f"{ci}: ok (1 warning)"
+    assert "max_cost_usd cannot apply to model 'qwen2.5-coder-7b'" in local.stderr and "state the budget in tokens" in local.stderr
+    unnamed = airlock("policy", "check", ci)
+    assert unnamed.returncode == 0 and "applies only to models with a known price" in unnamed.stderr
+    claude = airlock("policy", "check", ci, "--model", "claude-sonnet-5-5")
+    assert claude.returncode == 0 and claude.stderr == "" and claude.stdout.strip() == f"{ci}: ok"
+    strict = airlock("policy", "check", str(STRICT), "--model", "qwen2.5-coder-7b")  # budgets in tokens: fine for any model
+    assert strict.returncode == 0 and strict.stderr == ""
+
+
+def test_policy_check_warns_about_a_reply_limit_over_a_quarter_of_the_window(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, "[limits]\ncontext_window = 8192\nmax_reply_tokens = 4096\n")
+    proc = airlock("policy", "check", str(policy))
+    assert proc.returncode == 0 and "replies are limited to 2048 tokens" in proc.stderr

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.errors import UsageError
 from orchestrator.globs import path_matches
+from orchestrator.policy.guard import PolicyGuard
 from orchestrator.policy.model import (
     DEFAULT_HIDDEN,
     GiB,
@@ -68,7 +69,9 @@ def test_strict_policy() -> None:
         cpus=1, memory=GiB, pids=256, disk=512 * MiB, command_timeout=60, timeout=900, max_steps=30,
         max_output_chars=30_000, max_patch_bytes=MiB, max_patch_files=50,
     )  # fmt: skip
-    assert strict.budget.max_cost_usd is not None
+    # Budgets in tokens, so the policy works with any model: a cost budget would refuse every unpriced one.
+    assert strict.budget.max_cost_usd is None and strict.budget.max_input_tokens and strict.budget.max_output_tokens
+    assert PolicyGuard(strict, "Qwen2.5-Coder-1.5B-Instruct").price is None
     assert strict.commands.allow is not None
     vocabulary = {"python", "python3", "pytest", "pip", "ls", "cat", "grep", "find", "head", "tail", "wc", "echo", "true", "false", "git"}
     assert vocabulary <= set(strict.commands.allow)

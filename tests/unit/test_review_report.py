@@ -208,3 +208,34 @@ def test_no_runs_is_a_usage_error(tmp_path: Path) -> None:
         load_collection(tmp_path)
     with pytest.raises(UsageError, match="is not a folder"):
         load_collection(tmp_path / "missing")
+
+
+def _cards(page: str) -> dict[str, str]:
+    """The index's summary cards, label -> value."""
+    return {html_unescape(k): html_unescape(v) for v, k in re.findall(r'<div class="v">(.*?)</div><div class="k">(.*?)</div>', page)}
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def test_a_total_with_unknown_costs_is_unknown_and_self_hosted_runs_show_their_served_model(tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    write_run(batch / "claude", record={"status": "completed", "cost_usd": 0.0, "verify": None})
+    for n in range(3):
+        write_run(batch / f"local-{n}", record={"status": "stuck", "cost_usd": None, "model": "qwen", "served_model": "qwen2.5-coder-1.5b-q4_k_m.gguf"})
+    page = render_report(load_collection(batch), batch / "report.html")
+    cards = _cards(page)
+    assert cards["cost: 3 of 4 unknown, $0.0000 known"] == "unknown"  # never "$0.0000" for the total
+    assert cards["succeeded"] == "1" and cards["did not succeed"] == "3"
+    assert 'class="pill st-warn" title="stuck"' in page
+    assert "qwen (served: qwen2.5-coder-1.5b-q4_k_m.gguf)" in html_unescape(page)
+
+
+def test_a_passing_verify_counts_as_success_whatever_stopped_the_agent(tmp_path: Path) -> None:
+    verify = {"command": "pytest", "exit_code": 0, "passed": True, "output_tail": "", "skipped": None}
+    run = write_run(tmp_path / "run", record={"status": "max_steps", "verify": verify, "cost_usd": 0.5})
+    cards = _cards(render_report(load_collection(run), run / "report.html"))
+    assert cards["succeeded"] == "1" and cards["cost"] == "$0.5000"

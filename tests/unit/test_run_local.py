@@ -23,13 +23,20 @@ from orchestrator.run.runner import Run
 FIX = tool_use("edit_file", path="calculator.py", old_str="def multiply(a, b):\n    return a + b", new_str="def multiply(a, b):\n    return a * b")
 
 
-def run_locally(repo: Path, out: Path, turns: list[Turn], provider: str = "anthropic", **limits: Any) -> tuple[RunRecord, ScriptedModelServer, str]:
+def run_locally(
+    repo: Path, out: Path, turns: list[Turn], provider: str = "anthropic", *, server: dict[str, Any] | None = None,
+    verify: str | None = None, text_tool_calls: bool = True, **limits: Any,
+) -> tuple[RunRecord, ScriptedModelServer, str]:  # fmt: skip
+    """One run of the real runner and agent loop in a box of the local backend, against the scripted model server
+    (`server`: its options); returns the record, the server (with the requests it got) and the terminal's text."""
     backend = LocalBackend()
     console = Console(file=io.StringIO(), width=200)
-    with ScriptedModelServer(turns) as api:
+    with ScriptedModelServer(turns, **(server or {})) as api:
         base_url = api.base_url if provider == "anthropic" else api.openai_base_url
-        config = RunConfig(repo=repo, task="Fix it.", out=out, run_id=new_run_id(), model="scripted", policy=Policy().with_overrides(**limits))
-        record = Run(config, make_provider(provider, "scripted", api_key="test", base_url=base_url), console, backend=backend).execute()
+        policy = Policy().with_overrides(**limits)
+        config = RunConfig(repo=repo, task="Fix it.", out=out, run_id=new_run_id(), model="scripted", policy=policy, verify=verify)
+        model = make_provider(provider, "scripted", api_key="test", base_url=base_url, text_tool_calls=text_tool_calls)
+        record = Run(config, model, console, backend=backend).execute()
     assert all(not Path(box.root).exists() for box in backend.boxes), "the box outlived its run"
     return record, api, console.file.getvalue()  # type: ignore[attr-defined]
 

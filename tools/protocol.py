@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the ready line says whether the server is protected (dumpable, subreaper)
 
 # json.dumps(ensure_ascii=False) leaves these raw, and str.splitlines() would split on them.
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}

@@ -4,6 +4,9 @@
 
 It trusts nothing it is sent: a bad line, an unknown tool, a bad argument or a failing tool
 becomes an error result, and the server reads on. It exits cleanly at the end of stdin.
+
+Before the first request it puts itself out of the agent's commands' reach and makes itself their
+subreaper (confine.py); its ready line says whether both held, and the host refuses a server that is not.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import sys
 from typing import Any, BinaryIO
 
+import confine
 import file_tools
 import search
 import shell
@@ -43,6 +47,7 @@ MAX_REPLY_CHARS = 1_000_000  # far below the host's limit on one reply line, wha
 
 def dispatch(name: str, args: dict[str, Any], ctx: Context) -> Result:
     result = _run_tool(name, args, ctx)
+    result.output = _valid_unicode(result.output)
     if len(result.output) > MAX_REPLY_CHARS:
         half = MAX_REPLY_CHARS // 2
         dropped = len(result.output) - 2 * half
@@ -63,11 +68,21 @@ def _run_tool(name: str, args: dict[str, Any], ctx: Context) -> Result:
 
 
 def _response(request_id: int | None, result: Result) -> dict[str, Any]:
-    return {"id": request_id, "output": result.output, "is_error": result.is_error, "meta": result.meta}
+    return {"id": request_id, "output": _valid_unicode(result.output), "is_error": result.is_error, "meta": result.meta}
 
 
-def serve(requests: BinaryIO, replies: BinaryIO, ctx: Context) -> None:
-    send(replies, {"id": 0, "ready": True, "protocol": PROTOCOL_VERSION, "python": sys.version})
+def _valid_unicode(text: str) -> str:
+    """Lone surrogates (a file name that is not UTF-8, say) as visible escapes: the host takes only valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def serve(requests: BinaryIO, replies: BinaryIO, ctx: Context, protection: dict[str, bool] | None = None) -> None:
+    ready = {"id": 0, "ready": True, "protocol": PROTOCOL_VERSION, "python": sys.version, **(protection or {})}
+    send(replies, ready)
     for line in requests:  # one at a time, in order, until end of file
         if line.strip():
             send(replies, handle(line, ctx))
@@ -113,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         max_output_bytes=options.max_output_bytes,
         command_timeout=options.command_timeout,
     )
+    protection = confine.protect()  # before any command runs, so none ever saw us reachable
     replies = _protocol_stdout()
     try:
-        serve(sys.stdin.buffer, replies, ctx)
+        serve(sys.stdin.buffer, replies, ctx, protection)
     except BrokenPipeError:  # the host went away: nobody is left to answer
         return 1
     except KeyboardInterrupt:

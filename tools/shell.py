@@ -1,4 +1,5 @@
-"""Running a command: its own process group, a hard timeout, a bounded output buffer; and the run_bash tool."""
+"""Running a command: its own process group, a hard timeout, a bounded output buffer, nothing left
+running afterwards; and the run_bash tool."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import confine
 from toolkit import Context, Param, Result, Tool, ToolError
 
 _READ_CHUNK = 65536
@@ -64,9 +66,9 @@ class Completed:
 def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int) -> Completed:
     """Run `argv` with stdout and stderr merged; raises OSError if it cannot be started (e.g. no pids left).
 
-    Nothing it starts in its process group outlives the call: the group is SIGKILLed once the main
-    process exits or the timeout passes. A process that escaped the group (setsid) and holds the
-    pipe open costs at most _DRAIN_SECONDS more.
+    Nothing it starts outlives the call: once the main process exits or the timeout passes, its process
+    group is SIGKILLed, and then every other descendant of ours, so a process that left the group
+    (`setsid`, a double fork) dies too, provided we are a subreaper (see confine.py), as the tool server is.
     """
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -84,12 +86,13 @@ def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int) -> Com
     try:
         with _Pipe(proc.stdout.fileno()) as pipe:
             timed_out = not pipe.pump(output, started + timeout, until=lambda: _has_exited(proc.pid))
-            _kill_group(proc.pid)  # the command on timeout, else its leftover background jobs
+            _end_everything(proc.pid)  # the command on timeout, else what it left running
             pipe.pump(output, time.monotonic() + _DRAIN_SECONDS, until=pipe.closed)
     finally:
-        _kill_group(proc.pid)  # the leader is still an unreaped zombie here, so its pid cannot be reused yet
+        _end_everything(proc.pid)  # the leader is still an unreaped zombie here, so its pid cannot be reused yet
         proc.stdout.close()
         proc.wait()
+        confine.end_descendants()  # reaps what died as our child once the leader is reaped
     return Completed(
         output=output,
         exit_code=None if timed_out else proc.returncode,
@@ -151,9 +154,11 @@ def _has_exited(pid: int) -> bool:
         return True
 
 
-def _kill_group(pgid: int) -> None:
+def _end_everything(leader: int) -> None:
+    """The command's process group at once, then every descendant left, however it got away."""
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already empty
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(leader, signal.SIGKILL)
+    confine.end_descendants(spare=leader)
 
 
 def _prefer_oom_kill() -> None:
@@ -172,7 +177,7 @@ def run_bash(ctx: Context, command: str, timeout: float | None) -> Result:
     except OSError as exc:  # e.g. EAGAIN: the sandbox's process limit is reached
         raise ToolError(f"could not start the command: {exc}") from None
     if done.timed_out:
-        footer = f"[timed out after {limit:g} s: the command and its process group were killed]"
+        footer = f"[timed out after {limit:g} s: the command and every process it started were killed]"
     else:
         footer = f"[exit code: {_describe_exit(done.exit_code)}]"
     text = done.output.text()

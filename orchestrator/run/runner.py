@@ -124,9 +124,11 @@ class Run:
             self._verify_phase(trajectory)
         finally:
             with interrupts_deferred(self.console):
-                self._close_record(started)
-                trajectory.write("run_end", status=self.record.status, error=self.record.error)
-                trajectory.close()
+                try:
+                    self._close_record(started)
+                finally:  # the trajectory ends even when run.json cannot be written
+                    trajectory.write("run_end", status=self.record.status, error=self.record.error)
+                    trajectory.close()
                 self.trace.summary(self.record)
         return self.record
 
@@ -143,7 +145,7 @@ class Run:
         finally:
             with interrupts_deferred(self.console):
                 if sandbox is not None:
-                    self._finish(sandbox, channel)
+                    self._finish(sandbox, channel, trajectory)
 
     def _verify_phase(self, trajectory: Trajectory) -> None:
         """Run --verify in a fresh sandbox on the pristine repo plus patch.diff (see orchestrator.run.verify)."""
@@ -219,14 +221,15 @@ class Run:
         self.record.status = status
         self.record.error = error
 
-    def _finish(self, sandbox: Sandbox, channel: ToolChannel | None) -> None:
-        """Export the patch (when the baseline exists) and remove the agent's sandbox."""
+    def _finish(self, sandbox: Sandbox, channel: ToolChannel | None, trajectory: Trajectory) -> None:
+        """Export the patch (when the baseline exists) and remove the agent's sandbox; whatever fails, the run's
+        first error stays its error."""
         try:
             if sandbox.ready:
                 self._export(sandbox)
-        except SandboxError as exc:
+        except Exception as exc:  # a bug of ours on a patch nobody foresaw included: recorded, never raised
             if self.record.error is None:
-                self._fail("sandbox_error", str(exc))
+                self._record_failure(exc, sandbox, trajectory)
         finally:
             if channel is not None:
                 channel.close()

@@ -34,7 +34,7 @@ def test_container_is_created_hardened(run_scripted, calculator_repo: Path, dock
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert host["ReadonlyRootfs"] is True
-    assert config["User"] == "1000:1000"
+    assert config["User"] == "65534:65534"  # the main process: not the agent's uid (its commands run as 1000:1000)
     assert host["PidsLimit"] == 200
     assert host["Memory"] == 768 * 1024**2 and host["MemorySwap"] == host["Memory"]
     assert host["NanoCpus"] == 1_500_000_000

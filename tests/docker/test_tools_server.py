@@ -168,8 +168,9 @@ def wait_dead(pid: int, within: float = 3.0) -> bool:
 def test_ready_line_comes_first(server: Server) -> None:
     assert server.ready["id"] == 0
     assert server.ready["ready"] is True
-    assert server.ready["protocol"] == 1
+    assert server.ready["protocol"] == 2
     assert server.ready["python"].split()[0].startswith("3.")
+    assert server.ready["dumpable"] is False and server.ready["subreaper"] is True
 
 
 def test_ping_without_an_id_is_answered_with_a_null_id(server: Server) -> None:
@@ -534,11 +535,11 @@ def test_run_bash_makes_the_command_the_oom_killers_first_choice(server: Server)
     assert ok(server.call("run_bash", command="cat /proc/self/oom_score_adj")) == "1000\n[exit code: 0]"
 
 
-def test_run_bash_timeout_kills_the_whole_process_group(server: Server, tmp_path: Path) -> None:
+def test_run_bash_timeout_kills_everything_the_command_started(server: Server, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    command = f"sleep 100 & echo $! > {pids}; echo $$ >> {pids}; sleep 100"
+    command = f"setsid sleep 100 & echo $! > {pids}; echo $$ >> {pids}; sleep 100"
     reply = server.call("run_bash", command=command, timeout=0.5)
-    assert error(reply) == "[timed out after 0.5 s: the command and its process group were killed]"
+    assert error(reply) == "[timed out after 0.5 s: the command and every process it started were killed]"
     assert reply["meta"]["timed_out"] is True and reply["meta"]["exit_code"] is None
     assert 450 <= reply["meta"]["duration_ms"] < 2500
     background, shell = (int(pid) for pid in pids.read_text().split())
@@ -561,16 +562,35 @@ def test_run_bash_background_jobs_do_not_outlive_the_call(server: Server, tmp_pa
     assert wait_dead(int(pid_file.read_text()))
 
 
-def test_run_bash_does_not_wait_long_for_an_escaped_process_holding_the_pipe(server: Server, tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
+ESCAPES = {
+    "setsid": "setsid sleep 100 & echo $! >> {pids}",
+    "double fork": "( ( sleep 100 & echo $! >> {pids} ) & )",
+    "nohup, output closed": "nohup sleep 100 >/dev/null 2>&1 </dev/null & echo $! >> {pids}",
+    "a new session that forks again": "setsid sh -c 'sleep 100 & echo $! >> {pids}; wait' &",
+}
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_nothing_a_command_starts_outlives_the_call(server: Server, tmp_path: Path, escape: str) -> None:
+    pids = tmp_path / "pids"
     started = time.monotonic()
-    try:
-        reply = server.call("run_bash", command=f"setsid sleep 30 & echo $! > {pid_file}; echo bye")
-        assert ok(reply) == "bye\n[exit code: 0]"
-        assert time.monotonic() - started < 4  # about one second of draining, then the call returns
-    finally:
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), 9)
+    reply = server.call("run_bash", command=ESCAPES[escape].format(pids=pids) + "\nsleep 0.2; echo bye")
+    assert ok(reply) == "bye\n[exit code: 0]"
+    assert time.monotonic() - started < 3  # the call does not wait for what it kills
+    for pid in (int(line) for line in pids.read_text().split()):
+        assert not alive(pid), f"{escape}: process {pid} outlived its call"
+
+
+def test_the_commands_cannot_reach_the_servers_pipes_or_memory(server: Server) -> None:
+    probe = (
+        "server=$PPID; for f in fd/0 fd/1 mem environ; do "
+        '(exec 3<>/proc/$server/$f) 2>/dev/null && echo "open $f" || echo "refused $f"; done; '
+        'python3 -c "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); '
+        "print('ptrace', 'refused' if libc.ptrace(16, int(sys.argv[1]), 0, 0) else 'attached', ctypes.get_errno())\" $server"
+    )
+    shown = ok(server.call("run_bash", command=probe))
+    assert "refused fd/0\nrefused fd/1\nrefused mem\nrefused environ\nptrace refused 1\n" in shown  # 1: EPERM
+    assert ok(server.call("ping")) == "pong"
 
 
 def test_run_bash_keeps_the_head_and_tail_of_a_flood(server: Server) -> None:

@@ -23,6 +23,7 @@ from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_ru
 from orchestrator.run.record import RunRecord
 from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
+from orchestrator.terminal import safe
 
 app = typer.Typer(
     name="airlock",
@@ -205,7 +206,7 @@ def demo(
             record = _execute(RunConfig(**{**vars(config), "model": scripted.model}), scripted, banner)
     patch = (config.out / "patch.diff").read_text(encoding="utf-8", errors="replace")
     console.rule(f"patch.diff ({config.out / 'patch.diff'})")
-    console.print(Syntax(patch, "diff", theme="ansi_dark") if patch else "(empty patch)")
+    console.print(Syntax(safe(patch).plain, "diff", theme="ansi_dark") if patch else "(empty patch)")
     console.print(f"apply it to a copy with: airlock apply {config.out / 'patch.diff'} --repo <copy of {CALCULATOR_REPO}>")
     raise typer.Exit(record.exit_code)
 
@@ -221,7 +222,7 @@ def apply(
     from orchestrator.patch.apply import apply_patch
 
     result = apply_patch(patch, repo, allow_dirty=allow_dirty, check_only=check)
-    console.print(result.message, markup=False)
+    console.print(safe(result.message))
 
 
 @app.command()
@@ -245,7 +246,7 @@ def image_build(
     """Build the sandbox image; works with no container registry by building the base from Debian packages."""
     from orchestrator.sandbox.image import build_image
 
-    built = build_image(tag or DEFAULT_IMAGE, base=base, rebuild=rebuild, log=lambda line: console.print(line, style="dim", markup=False))
+    built = build_image(tag or DEFAULT_IMAGE, base=base, rebuild=rebuild, log=lambda line: console.print(safe(line, "dim")))
     console.print(f"sandbox image {built.tag}: " + (f"built in {built.seconds:.0f} s" if built.built else "up to date"))
 
 
@@ -254,7 +255,7 @@ def policy_show(file: Annotated[Path | None, typer.Argument(help="Policy file (d
     """Print the effective policy as TOML."""
     from orchestrator.policy.model import load_policy
 
-    console.print(load_policy(file).to_toml(), markup=False, end="")
+    console.print(safe(load_policy(file).to_toml()), end="")
 
 
 @policy_app.command("check")
@@ -304,13 +305,13 @@ def main() -> None:
     try:
         code = app(prog_name="airlock", standalone_mode=False)
     except typer.TyperException as exc:  # Click's usage errors (unknown option, bad type, missing argument)
-        err_console.print(f"airlock: error: {exc.format_message()}", markup=False)
+        err_console.print(safe(f"airlock: error: {exc.format_message()}"))
         sys.exit(2)
     except typer.Abort:
         err_console.print("airlock: interrupted", markup=False)
         sys.exit(130)
     except AirlockError as exc:
-        err_console.print(f"airlock: error: {exc}", markup=False)
+        err_console.print(safe(f"airlock: error: {exc}"))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("airlock: interrupted", markup=False)

@@ -21,6 +21,7 @@ import requests.exceptions
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
 from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
+from orchestrator.terminal import safe
 
 # runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
 # "Leaky Vessels"): a process in the container can reach the host filesystem through it.
@@ -224,8 +225,8 @@ def render(checks: list[Check], console: Any) -> None:
             mark = Text("FAIL", style="bold red")
         else:
             mark = Text("warn", style="yellow")
-        result = Text(check.detail)
+        result = safe(check.detail)  # it quotes the engine, the image and its probe's output
         if not check.ok and check.fix:
-            result.append("\nfix: ", style="dim").append(check.fix, style="cyan")
+            result.append("\nfix: ", style="dim").append_text(safe(check.fix, "cyan"))
         table.add_row(mark, check.name, result)
     console.print(table)

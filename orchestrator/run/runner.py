@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from rich.console import Console
-from rich.markup import escape
 
 from orchestrator.errors import ModelError, SandboxError
 from orchestrator.patch.check import Refusal, check_patch
@@ -37,6 +36,7 @@ from orchestrator.sandbox.channel import ToolChannel
 from orchestrator.sandbox.driver import Sandbox
 from orchestrator.sandbox.repo_tar import CopyStats
 from orchestrator.sandbox.spec import OUTPUT_MARKER_ROOM, SandboxSpec
+from orchestrator.terminal import safe
 
 EXPORT_TIMEOUT_S = 120.0
 # The agent's work can still be judged after these endings; the others leave nothing worth verifying.
@@ -249,7 +249,7 @@ class Run:
         details = checked.to_record()
         self.record.patch = PatchRecord(**checked.stats(), changes=details["changes"], refused=details["refused"], exported=True)
         for refusal in checked.refused:
-            self.console.print(f"[red]refused from the patch:[/] {escape(refusal.path)}: {escape(refusal.reason)}")
+            self.console.print("[red]refused from the patch:[/]", safe(f"{refusal.path}: {refusal.reason}"))
         if too_large := self._over_patch_limits(checked.patch, len(checked.changes)):
             # Kept for inspection, but not handed out as the run's patch.
             (self.config.out / "patch.rejected.diff").write_bytes(checked.patch)

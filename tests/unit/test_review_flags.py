@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.patch.check import FileChange
-from orchestrator.review.flags import change_flags, content_flags, escape_char, name_flags, sensitive_reason, skeleton
+from orchestrator.review.flags import change_flags, content_flags, name_flags, sensitive_reason, skeleton
+from orchestrator.terminal import escape_char
 
 # (name, codes that must be flagged, the most severe severity) -- () and None: nothing to flag.
 NAMES = [

@@ -150,9 +150,17 @@ def batch(
     model: Annotated[str | None, typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
-    policy: Annotated[Path | None, typer.Option(help="Policy file for tasks without their own.")] = None,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="The operator's policy: every task's, and a ceiling a task's own policy can only tighten (default: built-in).")
+    ] = None,
+    trust_task_policies: Annotated[
+        bool, typer.Option(help="Let a task's own policy replace --policy, loosening it too (prices still come from the operator).")
+    ] = False,
+    repos_root: Annotated[
+        Path | None, typer.Option(help="Local repos named in the tasks file must lie below this folder (default: the tasks file's folder).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task (a task may ask for fewer).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds (a task may ask for less).")] = None,
     image: Annotated[str | None, typer.Option(help="Sandbox image for tasks that do not name one.")] = None,
     verify: Annotated[str | None, typer.Option(help="Verify command for tasks that do not give one.")] = None,
     max_total_cost: Annotated[float | None, typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
@@ -176,11 +184,18 @@ def batch(
     defaults = Defaults(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
+        repos_root=_folder(repos_root, "--repos-root") if repos_root else None, trust_task_policies=trust_task_policies,
     )  # fmt: skip
     options = BatchOptions(
         out=out.resolve(), jobs=jobs, max_total_cost=max_total_cost, redo=redo, cache=cache.resolve() if cache else None, allowed_protocols=protocols
     )
     raise typer.Exit(run_batch(tasks, defaults, options, skip_invalid=skip_invalid, console=console, err_console=err_console))
+
+
+def _folder(path: Path, option: str) -> Path:
+    if not path.is_dir():
+        raise UsageError(f"{option} must be an existing folder: {path}")
+    return path.resolve()
 
 
 @app.command()

@@ -353,6 +353,10 @@ def run_batch(tasks_file: Path, defaults: Defaults, options: BatchOptions, *, sk
     loaded = load_tasks(tasks_file, defaults)
     for problem in loaded.problems:
         err_console.print(safe(problem), highlight=False)
+    for task in loaded.tasks:
+        if task.held:
+            held = "; ".join(task.held)
+            err_console.print(safe(f"{tasks_file}:{task.line}: note: {task.id} runs within the operator's policy, not beyond it: {held}"), highlight=False)
     if loaded.problems and not skip_invalid:
         n = len(loaded.problems)
         raise UsageError(f"{n} problem{'s' if n > 1 else ''} in {tasks_file}: nothing was run (fix them, or run the valid tasks with --skip-invalid)")

@@ -19,8 +19,11 @@ trouble follow, and each finding is a `Flag`:
   `AGENTS.md`, `CLAUDE.md`, `.envrc`, ...), package-manager configuration, dependency lists, code
   Python runs at start-up (`sitecustomize.py`, `*.pth`), `conftest.py` (pytest loads it for every
   test), shell scripts, new executable files and added executable bits, and symlinks.
+- **Binary** files are shown decoded, control bytes escaped. A file that was text, or has a source
+  extension, and is binary now is `danger`: one NUL byte makes git carry the whole file as an opaque
+  binary patch, which is how an appended payload would pass a review that shows only text diffs.
 - **Notes** (`note`): worth a glance, rarely a problem: `.gitignore` (it can hide files from later
-  diffs), binary files (not reviewable as text), a removed executable bit, changed test files.
+  diffs), other binary files, a removed executable bit, changed test files.
 
 Matching is case-insensitive (case-insensitive filesystems treat `MAKEFILE` as `Makefile`) and
 applies at any depth (a nested `Makefile` or `.vscode/` is just as live in a monorepo). False
@@ -317,8 +320,18 @@ def content_flags(path: str, added_lines: Iterable[str]) -> list[Flag]:
 # ----------------------------------------------------------------------------- one change
 
 
-def change_flags(change: FileChange, added_lines: Iterable[str] = (), symlink_target: str | None = None) -> list[Flag]:
-    """Everything worth a reviewer's attention about one file change, most severe first."""
+# Source and text files: binary content in one of these is a disguise, not an asset.
+SOURCE_SUFFIXES = frozenset(
+    ".py .pyi .js .mjs .cjs .jsx .ts .tsx .vue .svelte .rb .go .rs .java .kt .kts .scala .groovy .gradle .c .h .cc .cpp .hpp .cs .m .swift "
+    ".php .pl .pm .lua .r .sh .bash .zsh .fish .ps1 .bat .cmd .sql .html .htm .css .scss .less .json .yaml .yml .toml .ini .cfg .conf .xml "
+    ".md .rst .txt .mk .cmake .tf .dockerfile .env .lock".split()
+)
+
+
+def change_flags(change: FileChange, added_lines: Iterable[str] = (), symlink_target: str | None = None, *, binary_was_text: bool | None = None) -> list[Flag]:
+    """Everything worth a reviewer's attention about one file change, most severe first.
+
+    `binary_was_text`: for a binary change, whether the old content was text (None: no old content known)."""
     path = change.path
     names = list(dict.fromkeys(p for p in (change.old_path, change.new_path) if p is not None))
     flags: list[Flag] = []
@@ -335,12 +348,23 @@ def change_flags(change: FileChange, added_lines: Iterable[str] = (), symlink_ta
             flags.append(Flag(severity="note", code="gitignore", message="ignore rules: they can hide files from later diffs and reviews", path=path))
     flags += _mode_flags(change, symlink_target)
     if change.binary:
-        flags.append(Flag(severity="note", code="binary", message="binary file: its content cannot be reviewed here", path=path))
+        flags.append(_binary_flag(change, bool(binary_was_text)))
     if _is_test_file(path) and change.kind in ("modified", "deleted", "renamed"):
         severity = "attention" if change.kind == "deleted" else "note"
         flags.append(Flag(severity=severity, code="tests", message=f"test file {change.kind}: check that no test was weakened", path=path))
     flags += content_flags(path, added_lines)
     return sorted(dict.fromkeys(flags), key=lambda f: SEVERITY_ORDER[f.severity])
+
+
+def _binary_flag(change: FileChange, was_text: bool) -> Flag:
+    shown = "its content is shown decoded, with NUL and control bytes escaped"
+    name = change.path.lower().rsplit("/", 1)[-1]
+    source = name in ("makefile", "dockerfile") or any(name.endswith(suffix) for suffix in SOURCE_SUFFIXES)
+    if was_text or (source and change.kind != "deleted"):
+        why = "was text and is binary now" if was_text else "is a source file, but binary"
+        message = f"{why}: a NUL or control byte makes git carry the whole file as an opaque binary patch; {shown}"
+        return Flag(severity="danger", code="binary-text", message=message, path=change.path)
+    return Flag(severity="note", code="binary", message=f"binary file: {shown}", path=change.path)
 
 
 def _mode_flags(change: FileChange, symlink_target: str | None) -> list[Flag]:

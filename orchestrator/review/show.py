@@ -154,9 +154,8 @@ def _diff(run: RunData, console: Console, max_lines: int) -> None:
         change = diff.change
         if change is not None and change.old_mode and change.new_mode and change.old_mode != change.new_mode:
             console.print(f"mode {change.old_mode} → {change.new_mode}", style="yellow")
-        if change is not None and change.binary:
-            console.print("binary file: content not shown", style="dim")
-            continue
+        if change is not None and change.binary and diff.lines:
+            console.print("binary file, shown decoded (control bytes escaped):", style="yellow")
         width = len(str(max([line.old or 0 for line in diff.lines] + [line.new or 0 for line in diff.lines] + [1])))
         for line in diff.lines[:max_lines]:
             style = LINE_STYLE[line.kind]

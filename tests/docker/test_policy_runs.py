@@ -127,3 +127,17 @@ def test_unregistered_runtime_is_a_clear_sandbox_error(calculator_repo: Path, tm
     proc = airlock("run", str(calculator_repo), "--task", "x", "--policy", str(policy), "--out", str(tmp_path / "o"), env=airlock_env("http://127.0.0.1:9"))
     assert proc.returncode == 3
     assert "runsc" in proc.stdout and "not registered" in proc.stdout
+
+
+def test_command_rules_cover_the_usual_spellings_and_the_sandbox_is_the_boundary(run_scripted, calculator_repo: Path) -> None:
+    spellings = ["pip3 install requests", "python3 -m pip install requests", "python -m pip install --user requests", "/usr/bin/pip3 install x"]
+    around = "python3 -c \"import urllib.request; urllib.request.urlopen('http://93.184.215.14', timeout=5)\" 2>&1 | tail -1"
+    turns = [reply(tool_use("run_bash", command=command)) for command in [*spellings, around]] + [reply(text("done"))]
+    result, _ = run_scripted(calculator_repo, turns, "--policy", str(STRICT))
+
+    assert result.exit_code == 0, result.stdout + result.stderr
+    *refused, passed = result.events("tool_call")
+    for call in refused:
+        assert call["is_error"] and "refused by policy [commands] deny rule" in call["output"] and call["meta"] == {}, call
+    # The rules are a guard-rail: python3 is allowed, so this passes them; the sandbox has no network.
+    assert not passed["is_error"] and "Network is unreachable" in passed["output"]

@@ -71,6 +71,9 @@ def run(
     disk: Annotated[str | None, typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
     pids: Annotated[int | None, typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
     image: Annotated[str | None, typer.Option(help="Sandbox image (default: airlock-sandbox:latest).")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Container runtime: runc, or runsc for gVisor's own kernel, if registered with Docker (default: runc).")
+    ] = None,
     verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
     backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
@@ -83,7 +86,7 @@ def run(
     model = _model_name(provider, model)
     overrides = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
-        cpus=cpus, memory=memory, disk=disk, pids=pids, image=image,
+        cpus=cpus, memory=memory, disk=disk, pids=pids, image=image, runtime=runtime,
     )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
     api_key = resolve_api_key(provider, api_key_env)
@@ -244,7 +247,7 @@ def apply(
 def doctor(
     image: Annotated[str | None, typer.Option(help="Sandbox image to check.")] = None,
 ) -> None:
-    """Check the Docker daemon, runc, the sandbox image, the API key and the openai provider, and say what to do about each."""
+    """Check the Docker daemon, runc, the sandbox image, gVisor, the API key and the openai provider, and say what to do about each."""
     from orchestrator.doctor import render, run_checks
 
     checks = run_checks(image or DEFAULT_IMAGE)

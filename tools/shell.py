@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -63,7 +64,7 @@ class Completed:
     duration_ms: int
 
 
-def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int) -> Completed:
+def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int, max_processes: int | None = None) -> Completed:
     """Run `argv` with stdout and stderr merged; raises OSError if it cannot be started (e.g. no pids left).
 
     Nothing it starts outlives the call: once the main process exits or the timeout passes, its process
@@ -79,7 +80,7 @@ def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int) -> Com
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so it can be killed as a whole
-        preexec_fn=_prefer_oom_kill,
+        preexec_fn=lambda: _in_the_child(max_processes),
     )
     assert proc.stdout is not None
     output = CappedBuffer(max_output_bytes)
@@ -161,10 +162,13 @@ def _end_everything(leader: int) -> None:
     confine.end_descendants(spare=leader)
 
 
-def _prefer_oom_kill() -> None:
-    """In the child: make the command, not the server, the OOM killer's first choice."""
+def _in_the_child(max_processes: int | None) -> None:
+    """Make the command, not the server, the OOM killer's first choice; and bound its processes, when
+    asked (under gVisor, whose kernel counts only the sandbox's: the host's pids limit is the sentry's)."""
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("1000")
+    if max_processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 
 
 def run_bash(ctx: Context, command: str, timeout: float | None) -> Result:
@@ -173,7 +177,7 @@ def run_bash(ctx: Context, command: str, timeout: float | None) -> Result:
     limit = ctx.command_timeout if timeout is None else min(timeout, ctx.command_timeout)
     shell = shutil.which("bash") or "sh"
     try:
-        done = run([shell, "-c", command], ctx.root, limit, ctx.max_output_bytes)
+        done = run([shell, "-c", command], ctx.root, limit, ctx.max_output_bytes, ctx.max_processes)
     except OSError as exc:  # e.g. EAGAIN: the sandbox's process limit is reached
         raise ToolError(f"could not start the command: {exc}") from None
     if done.timed_out:

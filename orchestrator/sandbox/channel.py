@@ -8,7 +8,10 @@ ends the channel.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +64,24 @@ MetaValue = StrictBool | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)] | St
 MetaKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
 
+# The channel's signatures (the twin of tools/protocol.py: a test keeps them equal; across the trust
+# boundary neither side imports the other): `<JSON>\t<hex HMAC-SHA256 of direction NUL JSON>`.
+REQUEST, REPLY = b"request", b"reply"
+
+
+def _mac(key: bytes, direction: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, direction + b"\0" + payload, hashlib.sha256).hexdigest().encode("ascii")
+
+
+def sign(key: bytes, direction: bytes, payload: bytes) -> bytes:
+    return payload + b"\t" + _mac(key, direction, payload) + b"\n"
+
+
+def opened(key: bytes, direction: bytes, line: bytes) -> bytes | None:
+    payload, tab, mac = line.removesuffix(b"\n").rpartition(b"\t")
+    return payload if tab and hmac.compare_digest(mac, _mac(key, direction, payload)) else None
+
+
 class _Line(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -77,7 +98,7 @@ class ServerReady(_Line):
 
     id: Literal[0]
     ready: Literal[True]
-    protocol: Literal[2]
+    protocol: Literal[3]
     python: Annotated[str, Field(max_length=MAX_META_TEXT)]
     dumpable: bool
     subreaper: bool
@@ -89,14 +110,18 @@ _Reply = TypeVar("_Reply", bound=_Line)
 class ToolChannel:
     """Client of the tool server (tools/server.py), kept running for the whole run on one stream.
 
-    Every line is validated against the models above by pydantic, straight from the bytes (strict UTF-8,
-    bounded nesting, no NaN, exact types, no extra keys), so a malformed, oversized, out-of-order or
+    Its first line hands the server a fresh key, before any command of the agent's can run; every line
+    after it is signed with that key, so a line the server did not write is recognised. Every reply is
+    validated against the models above by pydantic, straight from the bytes (strict UTF-8, bounded
+    nesting, no NaN, exact types, no extra keys), so a forged, malformed, oversized, out-of-order or
     unexpected reply ends the channel with a SandboxError, never with anything else."""
 
     def __init__(self, stream: Stream, *, start_timeout: float = 30.0) -> None:
         self._stream = stream
         self._buffer = bytearray()
         self._next_id = 1
+        self._key = secrets.token_bytes(32)
+        self._send(self._key.hex().encode() + b"\n")
         ready = self._read(ServerReady, time.monotonic() + start_timeout, "start")
         if ready.dumpable or not ready.subreaper:
             raise SandboxError(
@@ -110,20 +135,25 @@ class ToolChannel:
             raise SandboxError(f"the tool server sent {len(self._buffer)} bytes nobody asked for before request {self._next_id}")
         request_id = self._next_id
         self._next_id += 1
-        line = json.dumps({"id": request_id, "tool": tool, "args": args}) + "\n"  # ASCII: a lone surrogate from the model is escaped
-        try:
-            self._stream.send(line.encode())
-        except OSError as exc:
-            raise SandboxError(f"the tool server is gone: {exc}") from None
+        payload = json.dumps({"id": request_id, "tool": tool, "args": args})  # ASCII: a lone surrogate from the model is escaped
+        self._send(sign(self._key, REQUEST, payload.encode()))
         reply = self._read(ToolReply, time.monotonic() + timeout, tool)
         if reply.id != request_id:
             raise SandboxError(f"the tool server answered request {reply.id}, expected {request_id}")
         return reply
 
-    def _read(self, model: type[_Reply], deadline: float, what: str) -> _Reply:
-        line = self._read_line(deadline, what)
+    def _send(self, line: bytes) -> None:
         try:
-            return model.model_validate_json(line)
+            self._stream.send(line)
+        except OSError as exc:
+            raise SandboxError(f"the tool server is gone: {exc}") from None
+
+    def _read(self, model: type[_Reply], deadline: float, what: str) -> _Reply:
+        payload = opened(self._key, REPLY, self._read_line(deadline, what))
+        if payload is None:
+            raise SandboxError(f"the reply to {what} does not carry the tool server's signature: something else in the sandbox wrote it")
+        try:
+            return model.model_validate_json(payload)
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(part)[:40] for part in error["loc"])

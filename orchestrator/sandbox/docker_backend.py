@@ -97,7 +97,9 @@ def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
             layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
         },
         init=True,
-        pids_limit=spec.pids,
+        # Under gVisor the box's process limit is the commands' RLIMIT_NPROC (see the driver); the host's
+        # limit is the sentry's, which runs each process as about two host tasks, plus some forty of its own.
+        pids_limit=64 + 3 * spec.pids if spec.own_kernel else spec.pids,
         mem_limit=spec.memory,
         memswap_limit=spec.memory,  # equal: no swap
         nano_cpus=int(spec.cpus * 1e9),

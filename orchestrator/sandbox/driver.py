@@ -112,6 +112,7 @@ class Sandbox:
             *PYTHON, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
             "--max-output-bytes", str(self.spec.max_output_bytes),
             "--command-timeout", str(self.spec.command_timeout),
+            *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []),
         ]  # fmt: skip
         return ToolChannel(self.box.attach(cmd, user=self.spec.user, stdin=True))
 

@@ -76,7 +76,7 @@ def test_a_task_policy_may_tighten_and_adds_its_own_rules(tmp_path: Path) -> Non
 
     assert effective.limits.max_steps == 5 and effective.budget.max_output_tokens == 10
     assert effective.commands.allow == ["pytest", "git status"]  # curl: not on the operator's list
-    assert effective.commands.deny == ["git stash", "git push", "pip install"]
+    assert effective.commands.deny == ["git stash", "git push", "pip* install", "python* -m pip install"]
     assert "private/" in effective.paths.hidden and ".env" in effective.paths.hidden
     assert effective.paths.protected[0] == "docs/**" and "tests/**" in effective.paths.protected
     assert effective.sandbox.runtime == "runsc"
@@ -84,7 +84,7 @@ def test_a_task_policy_may_tighten_and_adds_its_own_rules(tmp_path: Path) -> Non
     assert held == [  # a list the task writes replaces the default one, so what it leaves out is said
         f"[paths] hidden: the operator's {', '.join(operator.paths.hidden)} added",
         f"[paths] protected: the operator's {', '.join(operator.paths.protected)} added",
-        "[commands] deny: the operator's git push, pip install added",
+        "[commands] deny: the operator's git push, pip* install, python* -m pip install added",
         "[commands] allow: only what the operator's list allows too (curl not allowed)",
     ]
     assert check_command("curl x", effective.commands.allow, effective.commands.deny) is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,12 @@ from orchestrator.providers import make_provider
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text, tool_use
 from orchestrator.run.config import RunConfig, new_run_id
 from orchestrator.run.runner import Run
+from orchestrator.sandbox import channel as host
 from orchestrator.sandbox.channel import ToolChannel
 from orchestrator.sandbox.spec import SandboxSpec
+from tools import protocol as server_protocol
 
-READY = {"id": 0, "ready": True, "protocol": 2, "python": "3", "dumpable": False, "subreaper": True}
+READY = {"id": 0, "ready": True, "protocol": 3, "python": "3", "dumpable": False, "subreaper": True}
 GOOD = {"id": 1, "output": "ok", "is_error": False, "meta": {"exit_code": 0}}
 # How the stand-in server answers the first request: the exact bytes it writes.
 REPLIES: dict[str, tuple[bytes, str]] = {
@@ -49,24 +52,38 @@ REPLIES: dict[str, tuple[bytes, str]] = {
     "a key missing": (json.dumps({"id": 1, "output": "x", "is_error": False}).encode() + b"\n", "malformed reply"),
     "not an object": (b'[1, "ok", false, {}]\n', "malformed reply"),
     "not JSON": (b"FORGED-BY-SANDBOX\n", "malformed reply"),
+    "a line the server did not sign": (b"unsigned:" + json.dumps(GOOD).encode() + b"\n", "does not carry the tool server's signature"),
     "not UTF-8": (b'{"id": 1, "output": "\xff\xfe", "is_error": false, "meta": {}}\n', "malformed reply"),
-    "a forged second reply": (json.dumps(GOOD).encode() + b"\n" + json.dumps({**GOOD, "id": 2, "output": "FORGED"}).encode() + b"\n", "nobody asked for"),
+    # a process in the sandbox writing a reply of its own, in time for the next request (or too early)
+    "a forged second reply": (
+        json.dumps(GOOD).encode() + b"\nunsigned:" + json.dumps({**GOOD, "id": 2, "output": "FORGED"}).encode() + b"\n",
+        "nobody asked for|does not carry the tool server's signature",
+    ),
     "half a line, then gone": (b'{"id": 1, "output": "x"', "the tool server exited"),
 }
-# The stand-in: a ready line (argv[1]), then for the first request a change to the repo and the reply
-# (the bytes of the file argv[2]), a correct reply to any later request.
+# The stand-in: reads the key, sends a ready line (argv[1]), then for the first request makes a change
+# to the repo and sends the lines of the file argv[2], each signed unless it starts with "unsigned:"
+# (a line without a newline ends the stream), and a correct reply to any later request.
 STAND_IN = """
-import sys
-ready, first = sys.argv[1].encode(), open(sys.argv[2], "rb").read()
-sys.stdout.buffer.write(ready + b"\\n"); sys.stdout.flush()
+import hashlib, hmac, sys
+key = bytes.fromhex(sys.stdin.buffer.readline().decode())
+def send(payload):
+    if payload.startswith(b"unsigned:"):
+        sys.stdout.buffer.write(payload[9:] + b"\\n")
+    else:
+        sys.stdout.buffer.write(payload + b"\\t" + hmac.new(key, b"reply\\0" + payload, hashlib.sha256).hexdigest().encode() + b"\\n")
+    sys.stdout.flush()
+send(sys.argv[1].encode())
 for n, line in enumerate(sys.stdin.buffer, 1):
     if n == 1:
         open("made-by-the-server.txt", "w").write("work done\\n")
-        sys.stdout.buffer.write(first); sys.stdout.flush()
+        first = open(sys.argv[2], "rb").read()
         if not first.endswith(b"\\n"):
-            sys.exit(0)
+            sys.stdout.buffer.write(first); sys.stdout.flush(); sys.exit(0)
+        for payload in first.split(b"\\n")[:-1]:
+            send(payload)
     else:
-        sys.stdout.buffer.write(b'{"id": %d, "output": "ok", "is_error": false, "meta": {}}\\n' % n); sys.stdout.flush()
+        send(b'{"id": %d, "output": "ok", "is_error": false, "meta": {}}' % n)
 """
 
 
@@ -125,6 +142,17 @@ def test_every_malformed_reply_ends_the_channel_with_a_sandbox_error(tmp_path: P
         channel.close()
 
 
+def test_host_and_server_sign_alike() -> None:
+    key = bytes(range(32))
+    for direction in (host.REQUEST, host.REPLY):
+        line = host.sign(key, direction, b'{"id": 1}')
+        assert line == server_protocol.sign(key, direction, b'{"id": 1}')
+        assert host.opened(key, direction, line) == server_protocol.opened(key, direction, line) == b'{"id": 1}'
+        assert host.opened(key, direction, line.replace(b"1", b"2", 1)) is None
+        assert host.opened(bytes(32), direction, line) is None
+    assert host.opened(key, host.REPLY, host.sign(key, host.REQUEST, b"{}")) is None  # a request is no reply
+
+
 def test_a_good_reply_passes_with_its_meta(tmp_path: Path) -> None:
     channel = channel_to(READY, json.dumps({**GOOD, "meta": {"exit_code": 0, "timed_out": False, "duration_ms": 12, "note": "x"}}).encode() + b"\n", tmp_path)
     try:
@@ -151,7 +179,7 @@ def test_a_run_whose_server_answers_badly_ends_cleanly_with_its_patch(calculator
     record, shown = run_against(ready, first, calculator_repo, tmp_path / "out")
 
     assert record.status == "sandbox_error" and record.exit_code == 3
-    assert message in (record.error or ""), record.error
+    assert re.search(message, record.error or ""), record.error
     assert "internal error" not in record.error and "Traceback" not in shown
     saved = json.loads((tmp_path / "out" / "run.json").read_text())
     assert saved["status"] == "sandbox_error" and saved["error"] == record.error and saved["patch"]["exported"] is True

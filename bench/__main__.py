@@ -6,6 +6,7 @@
    versus a bare `docker run --rm <image> true`.
 3. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
    versus cache price per step, next to a loop that neither caches nor trims.
+1 and 2 are measured under runc and, when it is registered, under gVisor's runsc, side by side.
 Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
 """
 
@@ -38,8 +39,8 @@ def _ms(seconds: list[float]) -> str:
     return f"median {statistics.median(seconds) * 1000:7.1f} ms   (min {min(seconds) * 1000:.1f}, max {max(seconds) * 1000:.1f}, n={len(seconds)})"
 
 
-def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[float]]:
-    spec = SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}")
+def tool_round_trip(client: docker.DockerClient, runtime: str) -> tuple[list[float], list[float]]:
+    spec = SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}", runtime=runtime)
     box = DockerBackend(client).start(spec)
     sandbox = Sandbox(box, spec)
     try:
@@ -60,7 +61,7 @@ def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[floa
     return server, per_exec
 
 
-def time_to_first_request() -> list[float]:
+def time_to_first_request(runtime: str) -> list[float]:
     times = []
     for _ in range(STARTS):
         first = threading.Event()
@@ -73,7 +74,7 @@ def time_to_first_request() -> list[float]:
             env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url}
             started = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", str(Path(out) / "run")],
+                [sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", str(Path(out) / "run"), "--runtime", runtime],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             first.wait(120)
@@ -82,26 +83,30 @@ def time_to_first_request() -> list[float]:
     return times
 
 
-def bare_container_start(client: docker.DockerClient) -> list[float]:
+def bare_container_start(client: docker.DockerClient, runtime: str) -> list[float]:
     times = []
     for _ in range(STARTS):
         started = time.perf_counter()
-        client.containers.run(DEFAULT_IMAGE, ["true"], remove=True, network_mode="none", labels={"airlock.bench": "1"})
+        client.containers.run(DEFAULT_IMAGE, ["true"], remove=True, network_mode="none", runtime=runtime, labels={"airlock.bench": "1"})
         times.append(time.perf_counter() - started)
     return times
 
 
 def main() -> None:
     client = docker.from_env()
-    print(f"airlock bench on {os.cpu_count()} cores, image {DEFAULT_IMAGE}\n")
-    server, per_exec = tool_round_trip(client)
+    runtimes = ["runc", *(["runsc"] if "runsc" in (client.info().get("Runtimes") or {}) else [])]
+    print(f"airlock bench on {os.cpu_count()} cores, image {DEFAULT_IMAGE}, runtimes {', '.join(runtimes)}\n")
     print("tool call round trip (bash -c true)")
-    print(f"  airlock persistent tool server   {_ms(server)}")
-    print(f"  baseline: one docker exec a call {_ms(per_exec)}")
-    print(f"  speed-up: {statistics.median(per_exec) / statistics.median(server):.1f}x\n")
-    print("start-up")
-    print(f"  airlock run -> first model request {_ms(time_to_first_request())}")
-    print(f"  baseline: docker run --rm true     {_ms(bare_container_start(client))}\n")
+    for runtime in runtimes:
+        server, per_exec = tool_round_trip(client, runtime)
+        print(f"  {runtime:5} airlock persistent tool server   {_ms(server)}")
+        print(f"  {runtime:5} baseline: one docker exec a call {_ms(per_exec)}")
+        print(f"  {runtime:5} speed-up: {statistics.median(per_exec) / statistics.median(server):.1f}x")
+    print("\nstart-up")
+    for runtime in runtimes:
+        print(f"  {runtime:5} airlock run -> first model request {_ms(time_to_first_request(runtime))}")
+        print(f"  {runtime:5} baseline: docker run --rm true     {_ms(bare_container_start(client, runtime))}")
+    print()
     tokens.main()
 
 

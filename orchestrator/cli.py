@@ -23,6 +23,7 @@ from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_ru
 from orchestrator.run.record import RunRecord
 from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
+from orchestrator.terminal import safe
 
 app = typer.Typer(
     name="airlock",
@@ -74,6 +75,9 @@ def run(
     disk: Annotated[str | None, typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
     pids: Annotated[int | None, typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
     image: Annotated[str | None, typer.Option(help="Sandbox image (default: airlock-sandbox:latest).")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Container runtime: runc, or runsc for gVisor's own kernel, if registered with Docker (default: runc).")
+    ] = None,
     verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
     backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
@@ -86,7 +90,7 @@ def run(
     model = _model_name(provider, model)
     overrides = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
-        max_reply_tokens=max_reply_tokens, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image,
+        max_reply_tokens=max_reply_tokens, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image, runtime=runtime,
     )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
     api_key = resolve_api_key(provider, api_key_env)
@@ -155,9 +159,17 @@ def batch(
     base_url: Annotated[str | None, typer.Option(help="API base URL of every task (default: the SDK's).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: ANTHROPIC_API_KEY or OPENAI_API_KEY).")] = None,
     text_tool_calls: Annotated[bool, typer.Option(help="Read tool calls a model writes as text when the server returns none (openai provider).")] = True,
-    policy: Annotated[Path | None, typer.Option(help="Policy file for tasks without their own.")] = None,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task, for tasks that do not say.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds, for tasks that do not say.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="The operator's policy: every task's, and a ceiling a task's own policy can only tighten (default: built-in).")
+    ] = None,
+    trust_task_policies: Annotated[
+        bool, typer.Option(help="Let a task's own policy replace --policy, loosening it too (prices still come from the operator).")
+    ] = False,
+    repos_root: Annotated[
+        Path | None, typer.Option(help="Local repos named in the tasks file must lie below this folder (default: the tasks file's folder).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Most model requests per task (a task may ask for fewer).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds (a task may ask for less).")] = None,
     image: Annotated[str | None, typer.Option(help="Sandbox image for tasks that do not name one.")] = None,
     verify: Annotated[str | None, typer.Option(help="Verify command for tasks that do not give one.")] = None,
     max_total_cost: Annotated[float | None, typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
@@ -182,11 +194,18 @@ def batch(
     defaults = Defaults(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
+        repos_root=_folder(repos_root, "--repos-root") if repos_root else None, trust_task_policies=trust_task_policies,
     )  # fmt: skip
     options = BatchOptions(
         out=out.resolve(), jobs=jobs, max_total_cost=max_total_cost, redo=redo, cache=cache.resolve() if cache else None, allowed_protocols=protocols
     )
     raise typer.Exit(run_batch(tasks, defaults, options, skip_invalid=skip_invalid, console=console, err_console=err_console))
+
+
+def _folder(path: Path, option: str) -> Path:
+    if not path.is_dir():
+        raise UsageError(f"{option} must be an existing folder: {path}")
+    return path.resolve()
 
 
 @app.command()
@@ -212,7 +231,7 @@ def demo(
             record = _execute(RunConfig(**{**vars(config), "model": scripted.model}), scripted, banner)
     patch = (config.out / "patch.diff").read_text(encoding="utf-8", errors="replace")
     console.rule(f"patch.diff ({config.out / 'patch.diff'})")
-    console.print(Syntax(patch, "diff", theme="ansi_dark") if patch else "(empty patch)")
+    console.print(Syntax(safe(patch).plain, "diff", theme="ansi_dark") if patch else "(empty patch)")
     console.print(f"apply it to a copy with: airlock apply {config.out / 'patch.diff'} --repo <copy of {CALCULATOR_REPO}>")
     raise typer.Exit(record.exit_code)
 
@@ -228,14 +247,14 @@ def apply(
     from orchestrator.patch.apply import apply_patch
 
     result = apply_patch(patch, repo, allow_dirty=allow_dirty, check_only=check)
-    console.print(result.message, markup=False)
+    console.print(safe(result.message))
 
 
 @app.command()
 def doctor(
     image: Annotated[str | None, typer.Option(help="Sandbox image to check.")] = None,
 ) -> None:
-    """Check the Docker daemon, runc, the sandbox image, the API key and the openai provider, and say what to do about each."""
+    """Check the Docker daemon, runc, the sandbox image, gVisor, the API key and the openai provider, and say what to do about each."""
     from orchestrator.doctor import render, run_checks
 
     checks = run_checks(image or DEFAULT_IMAGE)
@@ -252,7 +271,7 @@ def image_build(
     """Build the sandbox image; works with no container registry by building the base from Debian packages."""
     from orchestrator.sandbox.image import build_image
 
-    built = build_image(tag or DEFAULT_IMAGE, base=base, rebuild=rebuild, log=lambda line: console.print(line, style="dim", markup=False))
+    built = build_image(tag or DEFAULT_IMAGE, base=base, rebuild=rebuild, log=lambda line: console.print(safe(line, "dim")))
     console.print(f"sandbox image {built.tag}: " + (f"built in {built.seconds:.0f} s" if built.built else "up to date"))
 
 
@@ -261,7 +280,7 @@ def policy_show(file: Annotated[Path | None, typer.Argument(help="Policy file (d
     """Print the effective policy as TOML."""
     from orchestrator.policy.model import load_policy
 
-    console.print(load_policy(file).to_toml(), markup=False, end="")
+    console.print(safe(load_policy(file).to_toml()), end="")
 
 
 @policy_app.command("check")
@@ -317,13 +336,13 @@ def main() -> None:
     try:
         code = app(prog_name="airlock", standalone_mode=False)
     except typer.TyperException as exc:  # Click's usage errors (unknown option, bad type, missing argument)
-        err_console.print(f"airlock: error: {exc.format_message()}", markup=False)
+        err_console.print(safe(f"airlock: error: {exc.format_message()}"))
         sys.exit(2)
     except typer.Abort:
         err_console.print("airlock: interrupted", markup=False)
         sys.exit(130)
     except AirlockError as exc:
-        err_console.print(f"airlock: error: {exc}", markup=False)
+        err_console.print(safe(f"airlock: error: {exc}"))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("airlock: interrupted", markup=False)

@@ -21,6 +21,7 @@ import requests.exceptions
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
 from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
+from orchestrator.terminal import safe
 
 # runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
 # "Leaky Vessels"): a process in the container can reach the host filesystem through it.
@@ -63,8 +64,8 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
         else:
             checks.append(_daemon_check(info, version))
             checks.append(_runc_check(info, version))
-            checks.append(_image_check(client, image))
-            checks.append(_gvisor_check(info))
+            checks.append(image_check := _image_check(client, image))
+            checks.append(_gvisor_check(client, info, image if image_check.ok else None))
         finally:
             client.close()
     checks += [_api_key_check(), _openai_check()]
@@ -177,11 +178,25 @@ def _image_check(client: docker.DockerClient, image: str) -> Check:
     return Check("sandbox image", True, f"{image} ({short}), base {info.base_mode}, has {tools}")
 
 
-def _gvisor_check(info: dict[str, Any]) -> Check:
-    # Informational: runc with airlock's hardening is the supported default; gVisor adds a kernel boundary.
-    if "runsc" in (info.get("Runtimes") or {}):
-        return Check("gVisor (runsc)", True, "registered with the daemon", required=False)
-    return Check("gVisor (runsc)", True, "not registered (optional; runc is used)", required=False)
+GVISOR_FIX = "on a root Debian shell: bash scripts/ensure-gvisor.sh --reload (or register runsc in /etc/docker/daemon.json)"
+
+
+def _gvisor_check(client: docker.DockerClient, info: dict[str, Any], image: str | None) -> Check:
+    """Optional: a second wall, gVisor's own kernel, for `--runtime runsc`. Registered, and does a sandbox start under it?"""
+    runsc = (info.get("Runtimes") or {}).get("runsc")
+    if runsc is None:
+        return Check("gVisor (runsc)", False, "not registered with the Docker daemon (optional: runc is used)", GVISOR_FIX, required=False)
+    where = " ".join([str(runsc.get("path", "runsc")), *map(str, runsc.get("runtimeArgs") or [])])
+    if image is None:
+        return Check("gVisor (runsc)", True, f"registered ({where}); not tried, the sandbox image is not ready", required=False)
+    try:
+        kernel = client.containers.run(
+            image, ["uname", "-r"], runtime="runsc", network_mode="none", cap_drop=["ALL"], read_only=True, remove=True, labels={"airlock.probe": "1"}
+        )
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return Check("gVisor (runsc)", False, f"registered ({where}), but a sandbox does not start under it: {exc}", GVISOR_FIX, required=False)
+    shown = kernel.decode("utf-8", "replace").strip() if isinstance(kernel, bytes) else "?"
+    return Check("gVisor (runsc)", True, f"registered ({where}); a sandbox starts under it with gVisor's kernel {shown}: use --runtime runsc", required=False)
 
 
 def _api_key_check() -> Check:
@@ -224,8 +239,8 @@ def render(checks: list[Check], console: Any) -> None:
             mark = Text("FAIL", style="bold red")
         else:
             mark = Text("warn", style="yellow")
-        result = Text(check.detail)
+        result = safe(check.detail)  # it quotes the engine, the image and its probe's output
         if not check.ok and check.fix:
-            result.append("\nfix: ", style="dim").append(check.fix, style="cyan")
+            result.append("\nfix: ", style="dim").append_text(safe(check.fix, "cyan"))
         table.add_row(mark, check.name, result)
     console.print(table)

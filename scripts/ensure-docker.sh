@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers, installing and starting Debian's docker.io when we may.
-# Also installs mmdebstrap, which builds the sandbox's base filesystem when no registry is reachable.
+# Also installs mmdebstrap, which builds the sandbox's base filesystem when no registry is reachable,
+# and registers gVisor's runsc as the optional runtime "runsc" (scripts/ensure-gvisor.sh).
 set -euo pipefail
 
 wait_for_docker() {
@@ -33,6 +34,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
 fi
 
 if docker info >/dev/null 2>&1; then
+  bash "$(dirname "$0")/ensure-gvisor.sh" --reload  # optional: a second wall, registered without a restart
   exit 0
 fi
 
@@ -41,6 +43,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+bash "$(dirname "$0")/ensure-gvisor.sh"  # before dockerd starts, which reads daemon.json then
 echo "airlock: starting dockerd"
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl start docker

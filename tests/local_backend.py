@@ -91,6 +91,11 @@ class LocalBox:
     def failure(self) -> str | None:
         return None if os.path.isdir(self.root) else "the sandbox folder was removed"
 
+    def end_processes(self, user: str) -> None:
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
     def remove(self) -> None:
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):

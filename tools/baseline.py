@@ -8,15 +8,23 @@ Git runs with our own git dir (outside the tree), a from-scratch environment, co
 (the highest precedence) and our own info/attributes (which beats every in-tree .gitattributes), so
 nothing in the repository can change which bytes end up in the patch or make git run anything. The
 repository's own `.git`, if present, is just a folder here, and git never adds `.git` entries.
+
+Every binary hunk of the export is a literal (the whole file, deflated): git writes a delta against the
+old content when that is smaller, and a delta cannot be reviewed without that content. With literals,
+patch.diff alone shows a reviewer whatever `git apply` would write.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
+import zlib
+from collections.abc import Callable
 from typing import IO, Any
 
 BRANCH = "refs/heads/baseline"
@@ -78,6 +86,37 @@ IDENTITY = {
 }
 
 _Output = int | IO[Any] | None
+_SECTION = re.compile(rb"(?=^diff --git )", re.MULTILINE)
+_INDEX = re.compile(rb"^index ([0-9a-f]+)\.\.([0-9a-f]+)", re.MULTILINE)
+_LITERAL_LINE = 52  # bytes of deflated data per line, as git writes them
+
+
+def literal_binaries(diff: bytes, blob: Callable[[str], bytes]) -> bytes:
+    """`diff` with every binary hunk, forward and reverse, replaced by a literal of the new and the old blob
+    (`blob(object id)` reads one from the object database)."""
+    out = []
+    for section in _SECTION.split(diff):
+        head, marker, _ = section.partition(b"\nGIT binary patch\n")
+        index = _INDEX.search(head)
+        if marker and index is not None:
+            old, new = (blob(oid.decode("ascii")) if oid.strip(b"0") else b"" for oid in index.groups())
+            section = head + marker + _literal(new) + _literal(old)
+        out.append(section)
+    return b"".join(out)
+
+
+def _literal(data: bytes) -> bytes:
+    """git's `literal` binary hunk: the deflated data in base85 lines, each led by its byte count
+    (A-Z for 1-26, a-z for 27-52), then an empty line. Python's b85 alphabet is git's."""
+    deflated = zlib.compress(data, 9)
+    lines = [b"literal %d\n" % len(data)]
+    for start in range(0, len(deflated), _LITERAL_LINE):
+        chunk = deflated[start : start + _LITERAL_LINE]
+        count = len(chunk)
+        lines.append(bytes([ord("A") + count - 1 if count <= 26 else ord("a") + count - 27]) + base64.b85encode(chunk, pad=True) + b"\n")
+    return b"".join(lines) + b"\n"
+
+
 _STDERR_FD = 2
 
 
@@ -106,11 +145,16 @@ class Baseline:
         return listed.count(b"\0")
 
     def export(self) -> None:
-        """Write the binary diff from the baseline to the tree as it is now to our stdout, byte for byte."""
+        """Write the binary diff from the baseline to the tree as it is now to our stdout, byte for byte,
+        but for binary hunks, written as literals."""
         self._write_info()  # again: whatever ran in the sandbox since init may have changed them
         self._add_all()
+        diff = self._git(*EXPORT_DIFF, stdout=subprocess.PIPE)
+        sys.stdout.buffer.write(literal_binaries(diff, self._blob))
         sys.stdout.flush()
-        self._git(*EXPORT_DIFF, stdout=None)  # inherits our stdout: git's bytes pass through untouched
+
+    def _blob(self, object_id: str) -> bytes:
+        return self._git("cat-file", "blob", object_id, stdout=subprocess.PIPE)
 
     def apply(self, patch: bytes) -> None:
         """Apply a patch to the tree as `airlock apply` does on the host: all or nothing, the tree's own

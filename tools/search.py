@@ -34,7 +34,7 @@ def search(ctx: Context, pattern: str, path: str, glob: str | None, ignore_case:
     if glob:
         argv += ["--glob", glob]
     argv += ["-e", pattern, "--", shown]  # run from the root, so a relative path gives relative output
-    done = shell.run(argv, ctx.root, ctx.command_timeout, ctx.max_output_bytes)
+    done = shell.run(argv, ctx.root, ctx.command_timeout, ctx.max_output_bytes, ctx.max_processes)
     if done.timed_out:
         raise ToolError(f"search timed out after {ctx.command_timeout:g} s; narrow the path or the glob")
     if done.exit_code == 1:

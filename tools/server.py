@@ -4,6 +4,11 @@
 
 It trusts nothing it is sent: a bad line, an unknown tool, a bad argument or a failing tool
 becomes an error result, and the server reads on. It exits cleanly at the end of stdin.
+
+Before the first request it puts itself out of the agent's commands' reach and makes itself their
+subreaper (confine.py); its ready line says whether both held, and the host refuses a server that is not.
+The first line it reads is the channel's key: every later line in and out is signed with it
+(protocol.py), and a request line without the host's signature, or a replayed one, is ignored.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import os
 import sys
 from typing import Any, BinaryIO
 
+import confine
 import file_tools
 import search
 import shell
-from protocol import PROTOCOL_VERSION, BadRequest, encode_line, parse_request
+from protocol import KEY_LINE, PROTOCOL_VERSION, REPLY, REQUEST, BadRequest, encode_line, opened, parse_request, sign
 from toolkit import Context, Result, Tool, ToolError
 
 
@@ -27,14 +33,16 @@ def ping(ctx: Context) -> Result:
 TOOLS: dict[str, Tool] = {tool.name: tool for tool in (Tool("ping", ping), *file_tools.TOOLS, *search.TOOLS, *shell.TOOLS)}
 
 
-def handle(line: bytes, ctx: Context) -> dict[str, Any]:
-    """The response to one request line; never raises for anything the line contains."""
+def handle(line: bytes, ctx: Context, last_id: int = 0) -> dict[str, Any] | None:
+    """The response to one request payload (None for a replayed id); never raises for anything it contains."""
     try:
         request = parse_request(line)
     except BadRequest as exc:
         return _response(exc.request_id, Result(str(exc), is_error=True))
     except Exception as exc:  # e.g. MemoryError on an absurd line
         return _response(None, Result(f"malformed request: {type(exc).__name__}: {exc}", is_error=True))
+    if request.id is not None and request.id <= last_id:  # a signed line seen before, written again
+        return None
     return _response(request.id, dispatch(request.tool, request.args, ctx))
 
 
@@ -43,6 +51,7 @@ MAX_REPLY_CHARS = 1_000_000  # far below the host's limit on one reply line, wha
 
 def dispatch(name: str, args: dict[str, Any], ctx: Context) -> Result:
     result = _run_tool(name, args, ctx)
+    result.output = _valid_unicode(result.output)
     if len(result.output) > MAX_REPLY_CHARS:
         half = MAX_REPLY_CHARS // 2
         dropped = len(result.output) - 2 * half
@@ -63,23 +72,39 @@ def _run_tool(name: str, args: dict[str, Any], ctx: Context) -> Result:
 
 
 def _response(request_id: int | None, result: Result) -> dict[str, Any]:
-    return {"id": request_id, "output": result.output, "is_error": result.is_error, "meta": result.meta}
+    return {"id": request_id, "output": _valid_unicode(result.output), "is_error": result.is_error, "meta": result.meta}
 
 
-def serve(requests: BinaryIO, replies: BinaryIO, ctx: Context) -> None:
-    send(replies, {"id": 0, "ready": True, "protocol": PROTOCOL_VERSION, "python": sys.version})
+def _valid_unicode(text: str) -> str:
+    """Lone surrogates (a file name that is not UTF-8, say) as visible escapes: the host takes only valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def serve(requests: BinaryIO, replies: BinaryIO, ctx: Context, key: bytes, protection: dict[str, bool] | None = None) -> None:
+    ready = {"id": 0, "ready": True, "protocol": PROTOCOL_VERSION, "python": sys.version, **(protection or {})}
+    send(replies, key, ready)
+    last_id = 0
     for line in requests:  # one at a time, in order, until end of file
-        if line.strip():
-            send(replies, handle(line, ctx))
+        payload = opened(key, REQUEST, line)
+        if payload is None:
+            print("tool server: ignored a request line the host did not sign", file=sys.stderr, flush=True)
+            continue
+        if payload.strip() and (response := handle(payload, ctx, last_id)) is not None:
+            last_id = max(last_id, response["id"] or 0)
+            send(replies, key, response)
 
 
-def send(replies: BinaryIO, message: dict[str, Any]) -> None:
+def send(replies: BinaryIO, key: bytes, message: dict[str, Any]) -> None:
     try:
         data = encode_line(message)
     except Exception as exc:  # a reply that cannot be encoded is a bug; the request still gets its line
         failure = Result(f"internal error: could not encode the reply: {type(exc).__name__}: {exc}", is_error=True)
         data = encode_line(_response(message.get("id"), failure))
-    replies.write(data)
+    replies.write(sign(key, REPLY, data))
     replies.flush()
 
 
@@ -96,6 +121,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", default="/workspace", help="the repository; relative paths start here")
     parser.add_argument("--max-output-bytes", type=int, default=30000, help="cap on a command's kept output")
     parser.add_argument("--command-timeout", type=float, default=120.0, help="longest a command may run (s)")
+    parser.add_argument("--max-processes", type=int, default=None, help="RLIMIT_NPROC of every command (default: none)")
     options = parser.parse_args(argv)
     if not os.path.isdir(options.root):
         parser.error(f"--root {options.root!r} is not a directory")
@@ -112,10 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         root=os.path.realpath(options.root),
         max_output_bytes=options.max_output_bytes,
         command_timeout=options.command_timeout,
+        max_processes=options.max_processes,
     )
+    protection = confine.protect()  # before any command runs, so none ever saw us reachable
+    key_line = sys.stdin.buffer.readline()
+    if not KEY_LINE.fullmatch(key_line):
+        print("tool server: the first line must be the channel's key (64 hex digits)", file=sys.stderr)
+        return 2
     replies = _protocol_stdout()
     try:
-        serve(sys.stdin.buffer, replies, ctx)
+        serve(sys.stdin.buffer, replies, ctx, bytes.fromhex(key_line.decode("ascii").strip()), protection)
     except BrokenPipeError:  # the host went away: nobody is left to answer
         return 1
     except KeyboardInterrupt:

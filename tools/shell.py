@@ -1,9 +1,11 @@
-"""Running a command: its own process group, a hard timeout, a bounded output buffer; and the run_bash tool."""
+"""Running a command: its own process group, a hard timeout, a bounded output buffer, nothing left
+running afterwards; and the run_bash tool."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -12,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import confine
 from toolkit import Context, Param, Result, Tool, ToolError
 
 _READ_CHUNK = 65536
@@ -61,12 +64,12 @@ class Completed:
     duration_ms: int
 
 
-def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int) -> Completed:
+def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int, max_processes: int | None = None) -> Completed:
     """Run `argv` with stdout and stderr merged; raises OSError if it cannot be started (e.g. no pids left).
 
-    Nothing it starts in its process group outlives the call: the group is SIGKILLed once the main
-    process exits or the timeout passes. A process that escaped the group (setsid) and holds the
-    pipe open costs at most _DRAIN_SECONDS more.
+    Nothing it starts outlives the call: once the main process exits or the timeout passes, its process
+    group is SIGKILLed, and then every other descendant of ours, so a process that left the group
+    (`setsid`, a double fork) dies too, provided we are a subreaper (see confine.py), as the tool server is.
     """
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -77,19 +80,20 @@ def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int) -> Com
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so it can be killed as a whole
-        preexec_fn=_prefer_oom_kill,
+        preexec_fn=lambda: _in_the_child(max_processes),
     )
     assert proc.stdout is not None
     output = CappedBuffer(max_output_bytes)
     try:
         with _Pipe(proc.stdout.fileno()) as pipe:
             timed_out = not pipe.pump(output, started + timeout, until=lambda: _has_exited(proc.pid))
-            _kill_group(proc.pid)  # the command on timeout, else its leftover background jobs
+            _end_everything(proc.pid)  # the command on timeout, else what it left running
             pipe.pump(output, time.monotonic() + _DRAIN_SECONDS, until=pipe.closed)
     finally:
-        _kill_group(proc.pid)  # the leader is still an unreaped zombie here, so its pid cannot be reused yet
+        _end_everything(proc.pid)  # the leader is still an unreaped zombie here, so its pid cannot be reused yet
         proc.stdout.close()
         proc.wait()
+        confine.end_descendants()  # reaps what died as our child once the leader is reaped
     return Completed(
         output=output,
         exit_code=None if timed_out else proc.returncode,
@@ -151,15 +155,20 @@ def _has_exited(pid: int) -> bool:
         return True
 
 
-def _kill_group(pgid: int) -> None:
+def _end_everything(leader: int) -> None:
+    """The command's process group at once, then every descendant left, however it got away."""
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already empty
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(leader, signal.SIGKILL)
+    confine.end_descendants(spare=leader)
 
 
-def _prefer_oom_kill() -> None:
-    """In the child: make the command, not the server, the OOM killer's first choice."""
+def _in_the_child(max_processes: int | None) -> None:
+    """Make the command, not the server, the OOM killer's first choice; and bound its processes, when
+    asked (under gVisor, whose kernel counts only the sandbox's: the host's pids limit is the sentry's)."""
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("1000")
+    if max_processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 
 
 def run_bash(ctx: Context, command: str, timeout: float | None) -> Result:
@@ -168,11 +177,11 @@ def run_bash(ctx: Context, command: str, timeout: float | None) -> Result:
     limit = ctx.command_timeout if timeout is None else min(timeout, ctx.command_timeout)
     shell = shutil.which("bash") or "sh"
     try:
-        done = run([shell, "-c", command], ctx.root, limit, ctx.max_output_bytes)
+        done = run([shell, "-c", command], ctx.root, limit, ctx.max_output_bytes, ctx.max_processes)
     except OSError as exc:  # e.g. EAGAIN: the sandbox's process limit is reached
         raise ToolError(f"could not start the command: {exc}") from None
     if done.timed_out:
-        footer = f"[timed out after {limit:g} s: the command and its process group were killed]"
+        footer = f"[timed out after {limit:g} s: the command and every process it started were killed]"
     else:
         footer = f"[exit code: {_describe_exit(done.exit_code)}]"
     text = done.output.text()

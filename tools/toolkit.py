@@ -27,6 +27,7 @@ class Context:
     root: str  # absolute, symlinks resolved
     max_output_bytes: int
     command_timeout: float
+    max_processes: int | None = None  # RLIMIT_NPROC of the commands, when the sandbox has a kernel of its own
 
     def resolve(self, path: str) -> str:
         """Relative paths start at the root; absolute ones are taken as they are (the container is the boundary)."""

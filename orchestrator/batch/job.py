@@ -29,6 +29,7 @@ State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"
 # A run.json with one of these did not finish its work: a resumed batch runs the task again.
 UNFINISHED = ("running", "interrupted")
 LOG_NAME = "airlock.log"
+POLICY_NAME = "policy.toml"
 
 
 def read_record(out: Path) -> dict[str, Any] | None:
@@ -99,9 +100,11 @@ class Job:
         self.out.mkdir(parents=True)
         task_file = coordination / f"{self.id}.task"
         task_file.write_text(self.task.task, encoding="utf-8")
+        policy_file = self.out / POLICY_NAME  # kept with the run: the policy it ran under, and what it was made of
+        policy_file.write_text(self.task.policy.to_toml(), encoding="utf-8")
         cmd = [
             sys.executable, "-m", "orchestrator", "run", str(repo), "--task-file", str(task_file), "--out", str(self.out),
-            *self.task.run_options(), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
+            *self.task.run_options(policy_file), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
         ]  # fmt: skip
         env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160")}
         with open(self.out / LOG_NAME, "wb") as log:

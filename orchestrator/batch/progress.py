@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from orchestrator.terminal import safe
 
 
 @dataclass
@@ -109,7 +110,7 @@ class BatchDisplay:
 
     def step(self, task_id: str, step: int) -> None:
         if not self.live:  # the board shows steps in place; a log gets one line each
-            self.log(f"{escape(task_id)} step {step}")
+            self.log(f"{safe(task_id).markup} step {step}")
 
     def progress(self, view: Overview) -> None:
         """After a task ends: the overall line in a log (the board keeps it on screen anyway)."""
@@ -127,13 +128,13 @@ class BatchDisplay:
         if view.backoff > 0:
             parts.append(Text(f"rate limited by the API: every task waits {view.backoff:.0f} s", style="yellow"))
         if view.notice:
-            parts.append(Text(view.notice, style="yellow"))
+            parts.append(safe(view.notice, "yellow"))
         if view.rows:
             table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
             for column, justify in (("task", "left"), ("step", "right"), ("doing", "left"), ("time", "right"), ("tokens", "right"), ("cost", "right")):
                 table.add_column(column, justify=justify)  # type: ignore[arg-type]
             for row in view.rows:
                 step = "clone" if row.state == "cloning" else str(row.step or "–")
-                table.add_row(row.id, step, row.activity[:50], duration(row.elapsed), f"{row.tokens:,}", money(row.cost))
+                table.add_row(safe(row.id), step, safe(row.activity[:50]), duration(row.elapsed), f"{row.tokens:,}", money(row.cost))
             parts.append(table)
         return Group(*parts)  # type: ignore[arg-type]

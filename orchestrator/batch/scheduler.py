@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from orchestrator.batch.job import UNFINISHED, Job, read_record
 from orchestrator.batch.progress import BatchDisplay, Overview, Row, money
@@ -40,6 +39,7 @@ from orchestrator.errors import UsageError
 from orchestrator.policy.model import load_policy
 from orchestrator.providers.backoff import SharedBackoff
 from orchestrator.sandbox.backends import get_backend
+from orchestrator.terminal import safe
 
 POLL_S = 0.3
 INTERRUPT_GRACE_S = 30.0  # a run saves its patch and removes its sandbox within seconds of a Ctrl-C
@@ -140,7 +140,7 @@ class Batch:
             if record is None or record.get("status") in UNFINISHED or self.options.redo:
                 continue
             job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
-            self.display.log(f"{escape(job.id)} skipped: finished earlier ({escape(str(job.status))})")
+            self.display.log(f"{safe(job.id).markup} skipped: finished earlier ({safe(job.status).markup})")
 
     # --- one poll ------------------------------------------------------------------------------------------
 
@@ -181,7 +181,7 @@ class Batch:
             if job.task.url is not None:
                 job.state = "cloning"
                 job.clone = self.executor.submit(self.cache.fetch, job.task.url, job.task.ref)
-                self.display.log(f"{escape(job.id)} cloning {escape(job.task.repo)}" + (f" at {escape(job.task.ref)}" if job.task.ref else ""))
+                self.display.log(f"{safe(job.id).markup} cloning {safe(job.task.repo).markup}" + (f" at {safe(job.task.ref).markup}" if job.task.ref else ""))
             else:
                 assert job.task.path is not None
                 self._launch(job, job.task.path)
@@ -194,7 +194,7 @@ class Batch:
             self._ended(job)
             return
         moved = f" (its earlier run is kept in {job.moved_to})" if job.moved_to else ""
-        self.display.log(f"{escape(job.id)} started{escape(moved)}")
+        self.display.log(f"{safe(job.id).markup} started{safe(moved).markup}")
 
     def _ended(self, job: Job) -> None:
         record = job.record or {}
@@ -204,8 +204,8 @@ class Batch:
         steps = record.get("steps", job.step)
         details = f"{_plural(steps, 'step')}, {_plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
         style = "green" if job.succeeded else "red"
-        error = f": {escape(job.error)}" if job.error and not job.succeeded else ""
-        self.display.log(f"{escape(job.id)} [{style}]{job.status}[/]{verdict} · {details}{error}")
+        error = f": {safe(job.error).markup}" if job.error and not job.succeeded else ""
+        self.display.log(f"{safe(job.id).markup} [{style}]{safe(job.status).markup}[/]{verdict} · {details}{error}")
         if job.status == "crashed":  # a run that died uncleanly may have left its sandbox
             _remove_sandboxes_of([job])
         self.display.progress(self._overview())
@@ -222,7 +222,7 @@ class Batch:
         self.budget_reached = True
         reason = f"the batch's total cost ${spent:.4f} reached --max-total-cost ${limit:g}"
         self.notice = f"{reason}: no new task starts, running tasks stop after their current step"
-        self.display.log(f"[yellow]{escape(self.notice)}[/]")
+        self.display.log(f"[yellow]{safe(self.notice).markup}[/]")
         for job in self.jobs:
             if job.state == "running":
                 job.request_stop(self.coordination, reason)
@@ -352,7 +352,11 @@ def run_batch(tasks_file: Path, defaults: Defaults, options: BatchOptions, *, sk
         load_policy(defaults.policy)  # a bad --policy is one problem, not one per task
     loaded = load_tasks(tasks_file, defaults)
     for problem in loaded.problems:
-        err_console.print(problem, markup=False, highlight=False)
+        err_console.print(safe(problem), highlight=False)
+    for task in loaded.tasks:
+        if task.held:
+            held = "; ".join(task.held)
+            err_console.print(safe(f"{tasks_file}:{task.line}: note: {task.id} runs within the operator's policy, not beyond it: {held}"), highlight=False)
     if loaded.problems and not skip_invalid:
         n = len(loaded.problems)
         raise UsageError(f"{n} problem{'s' if n > 1 else ''} in {tasks_file}: nothing was run (fix them, or run the valid tasks with --skip-invalid)")

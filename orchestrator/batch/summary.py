@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.batch.job import Job
 from orchestrator.batch.progress import duration, money
+from orchestrator.terminal import safe
 
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 STATUS_STYLE = {"completed": "green", "interrupted": "yellow", "not_started": "dim", "stuck": "yellow", "max_steps": "yellow"}
@@ -102,7 +102,7 @@ def print_table(console: Console, rows: list[dict[str, Any]], sums: dict[str, An
         status = row["status"] + (" (earlier)" if row["skipped"] else "")
         style = "green" if row["succeeded"] else STATUS_STYLE.get(row["status"], "red")
         table.add_row(
-            escape(row["id"]), f"[{style}]{escape(status)}[/]", _verify(row), str(row["steps"]),
+            safe(row["id"]), safe(status, style), _verify(row), str(row["steps"]),
             f"{sum(row['tokens'].values()):,}", money(row["cost_usd"]), duration(row["duration_s"]), str(row["files_changed"]),
         )  # fmt: skip
     table.add_section()
@@ -119,4 +119,4 @@ def print_table(console: Console, rows: list[dict[str, Any]], sums: dict[str, An
     )
     for row in rows:
         if row["error"] and not row["succeeded"]:
-            console.print(f"[red]{escape(row['id'])}[/]: {escape(row['error'])}", highlight=False)
+            console.print(safe(row["id"], "red"), safe(row["error"]), sep=": ", highlight=False)

@@ -3,6 +3,9 @@
 Every problem is reported as `FILE:LINE: message`, all of them at once, so a long file is fixed in one
 pass. A task is fully resolved here (repo path or URL, task text, model, policy, price), so the scheduler
 never meets bad input half-way through a batch.
+
+A tasks file is not the operator's word: its policies and limits may only tighten the operator's (see
+orchestrator.batch.ceiling), and its local repos must lie below the tasks file's folder or --repos-root.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator.batch.ceiling import within
 from orchestrator.batch.repo_source import check_ref, is_url, protocol_of, redact, url_basename
 from orchestrator.errors import UsageError
 from orchestrator.policy.model import Policy, Price, load_policy
@@ -52,13 +56,15 @@ class Defaults:
     task: str | None = None
     verify: str | None = None
     model: str = DEFAULT_MODEL
-    max_steps: int | None = None
+    max_steps: int | None = None  # with timeout and policy: the operator's ceiling
     timeout: float | None = None
     image: str | None = None
     policy: Path | None = None
     allowed_protocols: tuple[str, ...] = ("https",)
     needs_price: bool = False  # --max-total-cost: every task's cost must be known to count it
     model_access: tuple[str, ...] = ()  # --provider, --base-url, --api-key-env, passed on to every run
+    repos_root: Path | None = None  # local repos must lie below it (default: the tasks file's folder)
+    trust_task_policies: bool = False  # a task's policy replaces the operator's instead of tightening it
 
 
 @dataclass(frozen=True)
@@ -72,22 +78,15 @@ class BatchTask:
     url: str | None = None  # a git URL to clone
     ref: str | None = None
     verify: str | None = None
-    max_steps: int | None = None
-    timeout: float | None = None
-    image: str | None = None
-    policy: Path | None = None
+    policy: Policy = field(default_factory=Policy)  # the effective one: the task's, within the operator's
+    held: tuple[str, ...] = ()  # what the task asked for beyond the operator's ceiling
     price: Price | None = None  # None: the cost is unknown
     model_access: tuple[str, ...] = ()
 
-    def run_options(self) -> list[str]:
-        """The `airlock run` options that carry this task's settings."""
-        options = [*self.model_access, "--model", self.model]
-        for flag, value in (("--max-steps", self.max_steps), ("--timeout", self.timeout), ("--image", self.image), ("--verify", self.verify)):
-            if value is not None:
-                options += [flag, str(value)]
-        if self.policy is not None:
-            options += ["--policy", str(self.policy)]
-        return options
+    def run_options(self, policy_file: Path) -> list[str]:
+        """The `airlock run` options that carry this task's settings; its policy is written to `policy_file`."""
+        options = [*self.model_access, "--model", self.model, "--policy", str(policy_file)]
+        return options + (["--verify", self.verify] if self.verify is not None else [])
 
 
 @dataclass
@@ -216,14 +215,12 @@ class _Checker:
             "model": entry.model or d.model,
             "model_access": d.model_access,
             "verify": entry.verify or d.verify,
-            "max_steps": entry.max_steps if entry.max_steps is not None else d.max_steps,
-            "timeout": entry.timeout if entry.timeout is not None else d.timeout,
-            "image": entry.image or d.image,
             **self._repo(entry, problems),
         }
-        policy_path = (self.base / entry.policy).resolve() if entry.policy else d.policy
-        resolved["policy"] = policy_path
-        resolved["price"] = self._price(policy_path, resolved, problems)
+        policy = self._effective_policy(entry, problems)
+        if policy is not None:
+            resolved["policy"], resolved["held"] = policy
+            resolved["price"] = self._price(resolved["policy"], resolved["model"], problems)
         return resolved
 
     def _id(self, given: str | None, repo: str, problems: list[str]) -> str:
@@ -262,39 +259,51 @@ class _Checker:
         if entry.ref is not None:
             problems.append('"ref" needs a git URL: a local repo is copied as it is, uncommitted changes included')
         path = (self.base / entry.repo).resolve()
-        if not path.exists():
+        root = (self.defaults.repos_root or self.base).resolve()
+        if not path.is_relative_to(root):
+            where = "--repos-root" if self.defaults.repos_root else "the tasks file's folder"
+            problems.append(f"repo {path} is outside {root}: a tasks file's local repos must lie below {where} (name another with --repos-root)")
+        elif not path.exists():
             problems.append(f"repo not found: {path}")
         elif not path.is_dir():
             problems.append(f"repo must be a folder, not a file: {path}")
         return {"repo": str(path), "path": path}
 
-    def _price(self, policy_path: Path | None, task: dict[str, Any], problems: list[str]) -> Price | None:
-        """Load and check the task's effective policy (as `airlock run` will); the model's price under it."""
-        policy = self._policy(policy_path)
-        if isinstance(policy, str):
-            problems.append(f"policy: {policy}")
+    def _effective_policy(self, entry: TaskEntry, problems: list[str]) -> tuple[Policy, tuple[str, ...]] | None:
+        """The task's policy (its file and its limits) within the operator's ceiling, and what was held back."""
+        ceiling = self._policy(self.defaults.policy, "--policy")
+        if not isinstance(ceiling, str):
+            ceiling = ceiling.with_overrides(max_steps=self.defaults.max_steps, timeout=self.defaults.timeout)
+        own = self._policy((self.base / entry.policy).resolve(), "policy") if entry.policy else ceiling
+        if isinstance(ceiling, str) or isinstance(own, str):  # the file's problem, as one line
+            problems.append(str(own if isinstance(own, str) else ceiling))
             return None
         try:
-            policy = policy.with_overrides(max_steps=task["max_steps"], timeout=task["timeout"], image=task["image"])
+            own = own.with_overrides(max_steps=entry.max_steps, timeout=entry.timeout)
+            policy, held = within(ceiling, own, trust_task=self.defaults.trust_task_policies)
+            return policy.with_overrides(image=entry.image or self.defaults.image), tuple(held)
         except UsageError as exc:
             problems.append(str(exc).replace("--max-steps", "max_steps").replace("--timeout", "timeout").replace("--image", "image"))
             return None
-        price = price_for(task["model"], policy.budget.prices)
-        add = f'add [budget.prices."{task["model"]}"] to its policy'
+
+    def _price(self, policy: Policy, model: str, problems: list[str]) -> Price | None:
+        """The model's price under the task's effective policy (whose prices are the operator's)."""
+        price = price_for(model, policy.budget.prices)
+        add = f'add [budget.prices."{model}"] to the operator\'s policy (--policy)'
         if price is None and policy.budget.max_cost_usd is not None:
-            problems.append(f"the policy {policy.source} sets max_cost_usd but there is no price for model {task['model']!r} ({add})")
+            problems.append(f"the policy sets max_cost_usd but there is no price for model {model!r} ({add})")
         elif price is None and self.defaults.needs_price:
-            problems.append(f"--max-total-cost needs every task's cost, but there is no price for model {task['model']!r} ({add})")
+            problems.append(f"--max-total-cost needs every task's cost, but there is no price for model {model!r} ({add})")
         return price
 
-    def _policy(self, path: Path | None) -> Policy | str:
+    def _policy(self, path: Path | None, what: str) -> Policy | str:
         if path is None:
             return Policy()
         if path not in self.policies:
             try:
                 self.policies[path] = load_policy(path)
             except UsageError as exc:
-                self.policies[path] = str(exc)
+                self.policies[path] = f"{what}: {exc}"
         return self.policies[path]
 
 

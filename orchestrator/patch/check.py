@@ -14,6 +14,7 @@ printable form for messages and run records.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import zlib
 from collections.abc import Callable
@@ -52,6 +53,9 @@ UNPARSEABLE = "unparseable"
 _ESCAPES = "path escapes the repository"
 _DOTGIT = "writes inside .git"
 _GITLINK = "submodule (gitlink) changes are not exported"
+# A delta's result depends on the file it is applied to, so no reviewer can see it from the patch;
+# airlock's own export writes every binary hunk as a literal (tools/baseline.py).
+_BINARY_DELTA = "binary delta: what it writes depends on the old file, so it cannot be reviewed from the patch"
 
 
 # ----------------------------------------------------------------------------- results
@@ -317,6 +321,8 @@ class _Section:
     binary: bool = False
     binary_literal: bytes | None = None  # decoded forward literal, when there is one
     binary_delta: bool = False
+    binary_reverse: bytes | None = None  # decoded reverse literal (the old content), when there is one
+    binary_body: bool = False  # a GIT binary patch, not just "Binary files ... differ"
 
 
 _HEADER_KEYS = (
@@ -441,7 +447,7 @@ def _is_no_newline_marker(line: bytes, hunk: _Hunk) -> bool:
 
 
 def _parse_binary_body(lines: list[bytes], i: int, sec: _Section) -> int:
-    sec.binary = True
+    sec.binary = sec.binary_body = True
     for n in range(2):  # forward hunk, then the optional reverse hunk
         if n == 1 and i == len(lines):
             break
@@ -461,6 +467,8 @@ def _parse_binary_body(lines: list[bytes], i: int, sec: _Section) -> int:
                 sec.binary_delta = True
             else:
                 sec.binary_literal = _inflate(bytes(data), int(match[2]))
+        elif match[1] == b"literal":
+            sec.binary_reverse = _inflate(bytes(data), int(match[2]))
     return i
 
 
@@ -633,6 +641,10 @@ def _check_section(sec: _Section) -> FileChange:
         problem = symlink_problem(new, target)
         if problem:
             raise _Refused(new, problem)
+    if sec.binary_body and sec.binary_literal is None:
+        raise _Refused(display_path, _BINARY_DELTA if sec.binary_delta else "binary literal that does not inflate to its stated size")
+    if sec.binary_literal is not None and new is not None and _blob_ids(sec)[1] != _blob_id(sec.binary_literal, _blob_ids(sec)[1]):
+        raise _Refused(display_path, "binary content that does not match its index line")
     if kind == "modified" and old_mode != new_mode and not has_content:
         kind = "mode-changed"
     insertions, deletions = _count(sec)
@@ -646,6 +658,31 @@ def _check_section(sec: _Section) -> FileChange:
         insertions=insertions,
         deletions=deletions,
     )
+
+
+def _blob_ids(sec: _Section) -> tuple[str, str]:
+    """The old and new object ids of the index line ("" without one)."""
+    match = _INDEX_RE.fullmatch(sec.headers.get("index", b""))
+    return (match[1].decode(), match[2].decode()) if match else ("", "")
+
+
+def _blob_id(content: bytes, like: str) -> str:
+    """The git object id of a blob with this content, in the hash (SHA-1 or SHA-256) `like` is written in."""
+    digest = hashlib.sha256 if len(like) == 64 else hashlib.sha1
+    return digest(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def binary_content(section: bytes) -> tuple[bytes | None, bytes | None]:
+    """(old, new) content of a binary file section that check_patch accepted: the new from its forward
+    literal (which check_patch matched to the index line), the old from its reverse literal when that
+    matches too; None when the section does not carry it."""
+    try:
+        sec = _parse_section(section)
+    except _Unparseable:
+        return None, None
+    old_id, _ = _blob_ids(sec)
+    old = sec.binary_reverse if sec.binary_reverse is not None and _blob_id(sec.binary_reverse, old_id) == old_id else None
+    return old, sec.binary_literal
 
 
 def split_sections(raw: bytes) -> tuple[bytes, list[bytes]]:

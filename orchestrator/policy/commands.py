@@ -82,6 +82,37 @@ def check_command(command_line: str, allow: list[str] | None, deny: list[str]) -
     return None
 
 
+def allowed_by_both(first: list[str] | None, second: list[str] | None) -> list[str] | None:
+    """An allow list that lets through only what both lists let through (None: every command).
+
+    Two rules overlap when one's further words start the other's and their names can be the same
+    command; the overlap is the longer rule under the literal name. Two different globs are taken
+    not to overlap: erring on the strict side, like everything here."""
+    if first is None or second is None:
+        return second if first is None else first
+    both: list[str] = []
+    for a, b in ((a.split(), b.split()) for a in first for b in second):
+        shorter, longer = sorted((a[1:], b[1:]), key=len)
+        name = _common_name(a[0], b[0])
+        if name is not None and longer[: len(shorter)] == shorter:
+            both.append(" ".join([name, *longer]))
+    return list(dict.fromkeys(both))
+
+
+def _common_name(a: str, b: str) -> str | None:
+    """The name pattern of the commands both name patterns match, when it is one of them."""
+    if _name(a) == _name(b):
+        return _name(a)
+    for literal, pattern in ((a, b), (b, a)):
+        if not _is_glob(literal) and _name_matches(pattern, literal):
+            return _name(literal)
+    return None
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
 def _name(word: str) -> str:
     return word.rsplit("/", 1)[-1]
 

@@ -176,7 +176,7 @@ class Policy(_Section):
     __hash__ = None  # type: ignore[assignment]  # the sections hold lists
 
     def with_overrides(self, **values: Any) -> Policy:
-        """A new policy with command-line values (limits keys and `image`) replacing the file's; None means not given."""
+        """A new policy with command-line values (limits keys, `image`, `runtime`) replacing the file's; None means not given."""
         given = {key: value for key, value in values.items() if value is not None}
         unknown = set(given) - OVERRIDABLE
         if unknown:
@@ -185,7 +185,7 @@ class Policy(_Section):
             return self
         data = self.model_dump()
         for key, value in given.items():
-            data["sandbox" if key == "image" else "limits"][key] = value
+            data["sandbox" if key in SANDBOX_OVERRIDES else "limits"][key] = value
         try:
             policy = Policy.model_validate(data)
         except ValidationError as exc:
@@ -223,7 +223,8 @@ class Policy(_Section):
         return _render(self.model_dump(), header, sizes={("limits", name) for name in SIZE_FIELDS})
 
 
-OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | {"image"}
+SANDBOX_OVERRIDES = frozenset({"image", "runtime"})
+OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | SANDBOX_OVERRIDES
 
 
 def load_policy(path: Path | None) -> Policy:

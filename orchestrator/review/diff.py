@@ -5,21 +5,28 @@ its own so every section gets its own verdict: a section it cannot parse is show
 instead of being dropped. What is left here is only laying out the hunks it accepted: line numbers
 and kinds. Lines are capped per file and per run so a huge patch keeps the report usable; the raw
 patch file lies next to the report for the rest.
+
+A binary file is laid out too: its hunks are literals of the whole new (and old) content, so it is shown
+decoded as text, as a diff against the old content when the patch carries that, with NUL and control
+bytes escaped by the renderers. Whatever `git apply` would write, the reviewer sees.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orchestrator.patch.check import SYMLINK_MODE, FileChange, check_patch, display, split_sections
+from orchestrator.patch.check import SYMLINK_MODE, FileChange, binary_content, check_patch, display, split_sections
 from orchestrator.review.flags import Flag, change_flags, content_flags, name_flags
 
 MAX_LINES_PER_FILE = 600
 MAX_LINES_PER_RUN = 6000
 MAX_LINE_CHARS = 2000
+MAX_DIFFED_LINES = 200_000  # a binary's old and new lines beyond this are not diffed: the new is shown whole
+GIT_BINARY_PROBE = 8000  # git takes a file with a NUL in its first 8000 bytes for binary
 
 _HUNK_RE = re.compile(rb"@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@ ?(.*)")
 
@@ -119,6 +126,11 @@ def file_diffs(raw: bytes, run_budget: int = MAX_LINES_PER_RUN) -> list[FileDiff
             continue
         change = checked.changes[0]
         lines, similarity = _layout(section)
+        was_text = None
+        if change.binary:
+            old, new = binary_content(section)
+            was_text = old is not None and b"\0" not in old[:GIT_BINARY_PROBE]
+            lines = _decoded(old, new) if new is not None and change.kind != "deleted" else []
         added = [line.text for line in lines if line.kind == "add"]
         target = "\n".join(added) if change.new_mode == SYMLINK_MODE and added else None
         keep = max(0, min(MAX_LINES_PER_FILE, budget))
@@ -126,10 +138,42 @@ def file_diffs(raw: bytes, run_budget: int = MAX_LINES_PER_RUN) -> list[FileDiff
         diffs.append(
             FileDiff(
                 change=change, lines=lines[:keep], hidden_lines=max(0, len(lines) - keep), similarity=similarity,
-                symlink_target=target, flags=change_flags(change, added, target),
+                symlink_target=target, flags=change_flags(change, added, target, binary_was_text=was_text),
             )
         )  # fmt: skip
     return diffs
+
+
+def _split(data: bytes) -> list[bytes]:
+    """Lines with their '\\n' (only '\\n' ends a line, as in a diff)."""
+    parts = data.split(b"\n")
+    return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _decoded(old: bytes | None, new: bytes) -> list[DiffLine]:
+    """A binary file's new content as numbered lines: the changed ones against `old` when known, else all."""
+    a, b = _split(old or b""), _split(new)
+    if old is None or len(a) + len(b) > MAX_DIFFED_LINES:
+        groups = [[("insert", 0, 0, 0, len(b))]] if b else []
+    else:
+        groups = list(difflib.SequenceMatcher(None, a, b, autojunk=False).get_grouped_opcodes(3))
+    lines: list[DiffLine] = []
+    for group in groups:
+        first, last = group[0], group[-1]
+        lines.append(
+            DiffLine(kind="hunk", old=first[1] + 1, new=first[3] + 1, text=f"@@ -{first[1] + 1},{last[2] - first[1]} +{first[3] + 1},{last[4] - first[3]} @@")
+        )
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                lines += [_line("context", a[i], old=i + 1, new=j1 + i - i1 + 1) for i in range(i1, i2)]
+                continue
+            lines += [_line("del", a[i], old=i + 1) for i in range(i1, i2)]
+            lines += [_line("add", b[j], new=j + 1) for j in range(j1, j2)]
+    return lines
+
+
+def _line(kind: LineKind, raw: bytes, old: int | None = None, new: int | None = None) -> DiffLine:
+    return _cap(DiffLine(kind=kind, old=old, new=new, text=_decode(raw.removesuffix(b"\n"))))
 
 
 def _unparseable(section: bytes, label: str, problem: str) -> FileDiff:

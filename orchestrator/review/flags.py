@@ -19,8 +19,11 @@ trouble follow, and each finding is a `Flag`:
   `AGENTS.md`, `CLAUDE.md`, `.envrc`, ...), package-manager configuration, dependency lists, code
   Python runs at start-up (`sitecustomize.py`, `*.pth`), `conftest.py` (pytest loads it for every
   test), shell scripts, new executable files and added executable bits, and symlinks.
+- **Binary** files are shown decoded, control bytes escaped. A file that was text, or has a source
+  extension, and is binary now is `danger`: one NUL byte makes git carry the whole file as an opaque
+  binary patch, which is how an appended payload would pass a review that shows only text diffs.
 - **Notes** (`note`): worth a glance, rarely a problem: `.gitignore` (it can hide files from later
-  diffs), binary files (not reviewable as text), a removed executable bit, changed test files.
+  diffs), other binary files, a removed executable bit, changed test files.
 
 Matching is case-insensitive (case-insensitive filesystems treat `MAKEFILE` as `Makefile`) and
 applies at any depth (a nested `Makefile` or `.vscode/` is just as live in a monorepo). False
@@ -30,7 +33,6 @@ positives are cheap for a reviewer; a missed workflow change is not.
 from __future__ import annotations
 
 import fnmatch
-import re
 import unicodedata
 from collections.abc import Iterable
 from typing import Literal
@@ -38,6 +40,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.patch.check import SYMLINK_MODE, FileChange
+from orchestrator.terminal import HIDDEN_RE, hidden_kind
 
 Severity = Literal["danger", "attention", "note"]
 SEVERITY_ORDER: dict[str, int] = {"danger": 0, "attention": 1, "note": 2}
@@ -55,56 +58,6 @@ class Flag(BaseModel):
 
 
 # ----------------------------------------------------------------------------- hidden characters
-
-_BIDI = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
-_INVISIBLE = frozenset(
-    [0x00AD, 0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x2800, 0x3164, 0xFEFF, 0xFFA0]
-    + [*range(0x180B, 0x1810), *range(0x200B, 0x200E), *range(0x2060, 0x2066), *range(0x206A, 0x2070)]
-    + [*range(0xFE00, 0xFE10), *range(0xFFF9, 0xFFFC), *range(0xE0000, 0xE0080), *range(0xE0100, 0xE01F0)]
-)  # fmt: skip
-
-# Everything a renderer must show as an escape rather than as itself (tab and newline are decided per use).
-HIDDEN_RE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f"
-    "\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
-    "\U000e0000-\U000e007f\U000e0100-\U000e01ef\udc80-\udcff]"
-)
-
-
-def hidden_kind(ch: str) -> str | None:
-    """What kind of deceptive or invisible character `ch` is, or None for an ordinary visible one."""
-    cp = ord(ch)
-    if ch in "\n\r\u2028\u2029\x0b\x0c\x85":
-        return "line break"
-    if ch == "\t":
-        return "tab"
-    if cp < 0x20 or cp == 0x7F:
-        return "control character"
-    if 0x80 <= cp <= 0x9F:
-        return "C1 control character"
-    if 0xDC80 <= cp <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-        return "invalid UTF-8 byte"
-    if cp in _BIDI:
-        return "bidirectional control"
-    if cp in _INVISIBLE:
-        return "invisible character"
-    category = unicodedata.category(ch)
-    if category == "Zs" and ch != " ":
-        return "unusual space"
-    if category == "Cf":
-        return "invisible character"
-    if category in ("Co", "Cn", "Cs"):
-        return "unassigned or private character"
-    return None
-
-
-def escape_char(ch: str) -> str:
-    """The printable escape shown for a hidden character, in the form `patch.display` and run.json use."""
-    cp = ord(ch)
-    if 0xDC80 <= cp <= 0xDCFF:
-        return f"\\x{cp - 0xDC00:02x}"
-    return ch.encode("unicode_escape").decode("ascii")
-
 
 _CONTROL_NAMES = {
     0x00: "NUL", 0x07: "BELL", 0x08: "BACKSPACE", 0x09: "TAB", 0x0A: "LINE FEED", 0x0B: "LINE TABULATION",
@@ -367,8 +320,18 @@ def content_flags(path: str, added_lines: Iterable[str]) -> list[Flag]:
 # ----------------------------------------------------------------------------- one change
 
 
-def change_flags(change: FileChange, added_lines: Iterable[str] = (), symlink_target: str | None = None) -> list[Flag]:
-    """Everything worth a reviewer's attention about one file change, most severe first."""
+# Source and text files: binary content in one of these is a disguise, not an asset.
+SOURCE_SUFFIXES = frozenset(
+    ".py .pyi .js .mjs .cjs .jsx .ts .tsx .vue .svelte .rb .go .rs .java .kt .kts .scala .groovy .gradle .c .h .cc .cpp .hpp .cs .m .swift "
+    ".php .pl .pm .lua .r .sh .bash .zsh .fish .ps1 .bat .cmd .sql .html .htm .css .scss .less .json .yaml .yml .toml .ini .cfg .conf .xml "
+    ".md .rst .txt .mk .cmake .tf .dockerfile .env .lock".split()
+)
+
+
+def change_flags(change: FileChange, added_lines: Iterable[str] = (), symlink_target: str | None = None, *, binary_was_text: bool | None = None) -> list[Flag]:
+    """Everything worth a reviewer's attention about one file change, most severe first.
+
+    `binary_was_text`: for a binary change, whether the old content was text (None: no old content known)."""
     path = change.path
     names = list(dict.fromkeys(p for p in (change.old_path, change.new_path) if p is not None))
     flags: list[Flag] = []
@@ -385,12 +348,23 @@ def change_flags(change: FileChange, added_lines: Iterable[str] = (), symlink_ta
             flags.append(Flag(severity="note", code="gitignore", message="ignore rules: they can hide files from later diffs and reviews", path=path))
     flags += _mode_flags(change, symlink_target)
     if change.binary:
-        flags.append(Flag(severity="note", code="binary", message="binary file: its content cannot be reviewed here", path=path))
+        flags.append(_binary_flag(change, bool(binary_was_text)))
     if _is_test_file(path) and change.kind in ("modified", "deleted", "renamed"):
         severity = "attention" if change.kind == "deleted" else "note"
         flags.append(Flag(severity=severity, code="tests", message=f"test file {change.kind}: check that no test was weakened", path=path))
     flags += content_flags(path, added_lines)
     return sorted(dict.fromkeys(flags), key=lambda f: SEVERITY_ORDER[f.severity])
+
+
+def _binary_flag(change: FileChange, was_text: bool) -> Flag:
+    shown = "its content is shown decoded, with NUL and control bytes escaped"
+    name = change.path.lower().rsplit("/", 1)[-1]
+    source = name in ("makefile", "dockerfile") or any(name.endswith(suffix) for suffix in SOURCE_SUFFIXES)
+    if was_text or (source and change.kind != "deleted"):
+        why = "was text and is binary now" if was_text else "is a source file, but binary"
+        message = f"{why}: a NUL or control byte makes git carry the whole file as an opaque binary patch; {shown}"
+        return Flag(severity="danger", code="binary-text", message=message, path=change.path)
+    return Flag(severity="note", code="binary", message=f"binary file: {shown}", path=change.path)
 
 
 def _mode_flags(change: FileChange, symlink_target: str | None) -> list[Flag]:

@@ -27,8 +27,9 @@ from urllib.parse import quote
 from orchestrator.errors import UsageError
 from orchestrator.review.data import Collection, RunData, Step, ToolCall, model_label
 from orchestrator.review.diff import DiffLine, FileDiff
-from orchestrator.review.flags import HIDDEN_RE, SEVERITY_ORDER, Flag, describe_char, escape_char, hidden_kind
+from orchestrator.review.flags import SEVERITY_ORDER, Flag, describe_char
 from orchestrator.review.highlight import Tokens, highlight
+from orchestrator.terminal import HIDDEN_RE, escape_char, hidden_kind
 
 ASSETS = Path(__file__).parent / "assets"
 PREVIEW_LINES = 8  # lines of a long output shown before "show all"

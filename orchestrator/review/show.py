@@ -18,13 +18,12 @@ from rich.text import Text
 from orchestrator.errors import UsageError
 from orchestrator.review.data import RunData, Step, ToolCall, is_run_folder, load_run, model_label
 from orchestrator.review.diff import FileDiff
-from orchestrator.review.flags import HIDDEN_RE, escape_char, hidden_kind
+from orchestrator.terminal import safe
 
 STATUS_STYLE = {"completed": "bold green", "running": "bold blue", "interrupted": "bold yellow", "max_steps": "bold yellow",
                 "timeout": "bold yellow", "budget_exceeded": "bold yellow", "stuck": "bold yellow"}  # fmt: skip
 SEVERITY_STYLE = {"danger": ("✖", "bold red"), "attention": ("⚠", "bold yellow"), "note": ("·", "dim")}
 LINE_STYLE = {"add": "green", "del": "red", "hunk": "cyan", "nonl": "dim italic", "raw": "magenta", "context": ""}
-ESCAPE_STYLE = "bold white on red"
 TASK_LINES = 6
 VERIFY_LINES = 8
 
@@ -40,23 +39,6 @@ def load_single_run(path: Path) -> RunData:
             )
         raise UsageError(f"no run in {path}: expected run.json, patch.diff or trajectory.jsonl")
     return load_run(path)
-
-
-def safe(text: str | None, style: str = "", *, keep: str = "\t\n") -> Text:
-    """Untrusted text as rich Text: hidden characters become visible escapes, nothing is markup."""
-    out = Text(style=style)
-    if not text:
-        return out
-    pos = 0
-    for match in HIDDEN_RE.finditer(text):
-        ch = match.group()
-        if ch in keep or hidden_kind(ch) == "unusual space":
-            continue
-        out.append(text[pos : match.start()])
-        out.append(escape_char(ch), style=ESCAPE_STYLE)
-        pos = match.end()
-    out.append(text[pos:])
-    return out
 
 
 def join(*parts: Text | str) -> Text:
@@ -172,9 +154,8 @@ def _diff(run: RunData, console: Console, max_lines: int) -> None:
         change = diff.change
         if change is not None and change.old_mode and change.new_mode and change.old_mode != change.new_mode:
             console.print(f"mode {change.old_mode} → {change.new_mode}", style="yellow")
-        if change is not None and change.binary:
-            console.print("binary file: content not shown", style="dim")
-            continue
+        if change is not None and change.binary and diff.lines:
+            console.print("binary file, shown decoded (control bytes escaped):", style="yellow")
         width = len(str(max([line.old or 0 for line in diff.lines] + [line.new or 0 for line in diff.lines] + [1])))
         for line in diff.lines[:max_lines]:
             style = LINE_STYLE[line.kind]

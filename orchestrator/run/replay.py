@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 
 from orchestrator.errors import UsageError
 from orchestrator.policy.model import Policy
@@ -26,6 +24,7 @@ from orchestrator.providers import DEFAULT_PROVIDER, check_provider, make_provid
 from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id
 from orchestrator.run.record import RunRecord
 from orchestrator.run.trajectory import read_events
+from orchestrator.terminal import safe
 
 DIFF_LINES = 40  # per divergence, in the report and in replay.json
 IGNORED = "<ignored>"
@@ -166,22 +165,22 @@ def _report(
     (out / "replay.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     console.rule("replay")
-    console.print(f"source {escape(str(recording.source))} → replay {escape(str(out))}")
+    console.print(f"source {safe(recording.source).markup} → replay {safe(out).markup}")
     for entry in divergences:
         where = f"tool call #{entry['index']} (step {entry['step']}, {entry['tool']})"
         what = (
             f"only in the {'recording' if entry['missing_in'] == 'replay' else 'replay'}" if "missing_in" in entry else f"{', '.join(entry['fields'])} differ"
         )
-        console.print(f"[yellow]≠[/] {escape(where)}: {escape(what)}")
+        console.print(f"[yellow]≠[/] {safe(where).markup}: {safe(what).markup}")
         for line in entry.get("diff", []):
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
-            console.print(Text("    " + line, style=style))
+            console.print(safe("    " + line, style))
     if ran_out:
         console.print(f"[red]the replay needed more model turns than were recorded[/] ({len(recording.responses)} recorded)")
     same_status = record.status == recorded_status
     console.print(f"tool calls: {len(recording.tool_calls)} recorded, {len(replayed_calls)} replayed, {len(divergences)} divergent")
     console.print(f"patch.diff: {'[green]identical[/]' if identical_patch else '[red]differs[/]'}")
-    console.print(f"status: {escape(record.status)} (recorded: {escape(str(recorded_status))})" + ("" if same_status else " [red]differs[/]"))
+    console.print(f"status: {safe(record.status).markup} (recorded: {safe(recorded_status).markup})" + ("" if same_status else " [red]differs[/]"))
     reproduced = identical_patch and not divergences and same_status
     console.print("[bold green]reproduced exactly[/]" if reproduced else "[bold red]the replay diverged from the recording[/]")
     console.print(f"outputs: {out / 'patch.diff'} · {out / 'run.json'} · {out / 'trajectory.jsonl'} · {out / 'replay.json'}", markup=False)

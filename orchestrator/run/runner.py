@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from rich.console import Console
-from rich.markup import escape
 
 from orchestrator.errors import ModelError, SandboxError
 from orchestrator.patch.check import Refusal, check_patch
@@ -37,6 +36,7 @@ from orchestrator.sandbox.channel import ToolChannel
 from orchestrator.sandbox.driver import Sandbox
 from orchestrator.sandbox.repo_tar import CopyStats
 from orchestrator.sandbox.spec import OUTPUT_MARKER_ROOM, SandboxSpec
+from orchestrator.terminal import safe
 
 EXPORT_TIMEOUT_S = 120.0
 # The agent's work can still be judged after these endings; the others leave nothing worth verifying.
@@ -124,9 +124,11 @@ class Run:
             self._verify_phase(trajectory)
         finally:
             with interrupts_deferred(self.console):
-                self._close_record(started)
-                trajectory.write("run_end", status=self.record.status, error=self.record.error)
-                trajectory.close()
+                try:
+                    self._close_record(started)
+                finally:  # the trajectory ends even when run.json cannot be written
+                    trajectory.write("run_end", status=self.record.status, error=self.record.error)
+                    trajectory.close()
                 self.trace.summary(self.record)
         return self.record
 
@@ -143,7 +145,7 @@ class Run:
         finally:
             with interrupts_deferred(self.console):
                 if sandbox is not None:
-                    self._finish(sandbox, channel)
+                    self._finish(sandbox, channel, trajectory)
 
     def _verify_phase(self, trajectory: Trajectory) -> None:
         """Run --verify in a fresh sandbox on the pristine repo plus patch.diff (see orchestrator.run.verify)."""
@@ -222,14 +224,15 @@ class Run:
         self.record.status = status
         self.record.error = error
 
-    def _finish(self, sandbox: Sandbox, channel: ToolChannel | None) -> None:
-        """Export the patch (when the baseline exists) and remove the agent's sandbox."""
+    def _finish(self, sandbox: Sandbox, channel: ToolChannel | None, trajectory: Trajectory) -> None:
+        """Export the patch (when the baseline exists) and remove the agent's sandbox; whatever fails, the run's
+        first error stays its error."""
         try:
             if sandbox.ready:
                 self._export(sandbox)
-        except SandboxError as exc:
+        except Exception as exc:  # a bug of ours on a patch nobody foresaw included: recorded, never raised
             if self.record.error is None:
-                self._fail("sandbox_error", str(exc))
+                self._record_failure(exc, sandbox, trajectory)
         finally:
             if channel is not None:
                 channel.close()
@@ -249,7 +252,7 @@ class Run:
         details = checked.to_record()
         self.record.patch = PatchRecord(**checked.stats(), changes=details["changes"], refused=details["refused"], exported=True)
         for refusal in checked.refused:
-            self.console.print(f"[red]refused from the patch:[/] {escape(refusal.path)}: {escape(refusal.reason)}")
+            self.console.print("[red]refused from the patch:[/]", safe(f"{refusal.path}: {refusal.reason}"))
         if too_large := self._over_patch_limits(checked.patch, len(checked.changes)):
             # Kept for inspection, but not handed out as the run's patch.
             (self.config.out / "patch.rejected.diff").write_bytes(checked.patch)

@@ -7,12 +7,12 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
 from orchestrator.conversation import Message
 from orchestrator.run.record import RunRecord
 from orchestrator.sizes import human_size
+from orchestrator.terminal import safe
 
 PREVIEW_LINES = 4
 PREVIEW_WIDTH = 160
@@ -45,29 +45,29 @@ class Trace:
             self.console.print(Text(f" {banner} ", style="bold black on yellow"))
         box = record.sandbox
         via = "" if record.provider == "anthropic" else f" via {record.provider}"
-        self.console.print(f"[bold]airlock run[/] [cyan]{record.run_id}[/]  repo {escape(record.repo)}  model {escape(record.model)}{escape(via)}")
+        self.console.print(f"[bold]airlock run[/] [cyan]{record.run_id}[/]  repo {safe(record.repo).markup}  model {safe(record.model + via).markup}")
         self.console.print(
-            f"[dim]sandbox {escape(box['image'])} · cpus {box['cpus']} · memory {human_size(box['memory'])} · "
+            f"[dim]sandbox {safe(box['image']).markup} · cpus {box['cpus']} · memory {human_size(box['memory'])} · "
             f"disk {human_size(box['disk'])} · pids {box['pids_limit']} · network {box['network']}[/]"
         )
 
     def note(self, message: str) -> None:
-        self.console.print(f"[dim]{escape(message)}[/]")
+        self.console.print(safe(message, "dim"))
 
     def policy_event(self, message: str) -> None:
-        self.console.print(f"[bold yellow]⚠ {escape(message)}[/]")
+        self.console.print(safe(f"⚠ {message}", "bold yellow"))
 
     def model_turn(self, step: int, message: Message) -> None:
         self.console.rule(f"[dim]step {step}[/]", style="dim")
         if message.text.strip():
-            self.console.print(Text(message.text.strip(), style="italic"))
+            self.console.print(safe(message.text.strip(), "italic"))
 
     def tool_call(self, name: str, args: Any) -> None:
-        self.console.print(f"[bold blue]▶ {escape(name)}[/] {escape(_call_summary(name, args))}")
+        self.console.print(f"[bold blue]▶ {safe(name).markup}[/]", safe(_call_summary(name, args)))
 
     def tool_result(self, output: str, is_error: bool, meta: dict[str, Any]) -> None:
         for line in _preview(output):
-            self.console.print(Text(f"  │ {line}", style="red" if is_error else "dim"))
+            self.console.print(safe(f"  │ {line}", "red" if is_error else "dim"))
 
     def summary(self, record: RunRecord) -> None:
         usage, patch = record.usage, record.patch
@@ -83,6 +83,6 @@ class Trace:
         )
         if record.verify is not None:
             verdict = record.verify.skipped or ("passed" if record.verify.passed else f"failed (exit {record.verify.exit_code})")
-            self.console.print(f"verify [bold]{escape(record.verify.command)}[/]: {verdict}")
+            self.console.print(f"verify [bold]{safe(record.verify.command).markup}[/]: {safe(verdict).markup}")
         if record.error:
-            self.console.print(f"[red]error:[/] {escape(record.error)}")
+            self.console.print("[red]error:[/]", safe(record.error))

@@ -47,6 +47,9 @@ class Box(Protocol):
     def failure(self) -> str | None:
         """Why the box stopped working, when that can be found out (e.g. it was killed for memory)."""
 
+    def end_processes(self, user: str) -> None:
+        """SIGKILL every process `user` runs in the box, whoever started it; the box itself lives on."""
+
     def remove(self) -> None:
         """Remove the box and everything in it; raises SandboxError if that fails."""
 

@@ -5,7 +5,8 @@ memory (no swap) and processes, and size-limited tmpfs mounts for everything wri
 ext4 cannot bound a container's disk, but a tmpfs can, and its pages count against the memory limit.
 Nothing from the host is mounted and no host environment goes in.
 
-Its life is tied to its owner: the container's main process reads its stdin, which only the owning
+Its main process (and Docker's init) run as a uid of their own, not the agent's, so the agent's commands
+can neither signal, trace nor stop them. Its life is tied to its owner: the container's main process reads its stdin, which only the owning
 airlock process holds open (an attach made before the start, with StdinOnce). When the owner dies,
 however it dies, the engine closes that stdin, the main process exits and the container stops with
 everything in it. So other airlock processes sharing the engine (CI runners, other hosts) only ever
@@ -29,6 +30,7 @@ from docker.models.containers import Container
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import Stream
+from orchestrator.sandbox.channel import run_command
 from orchestrator.sandbox.docker_client import docker_client
 from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
 
@@ -37,6 +39,8 @@ DEADLINE_LABEL = "airlock.deadline"
 # Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id; airlock then
 # tidies up only that owner's sandboxes, so jobs sharing an engine never touch each other's.
 OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
+# The container's main process and init: not the agent's uid, so its commands cannot kill, stop or trace them.
+KEEPER_USER = "65534:65534"
 STDERR_TAIL_BYTES = 4096
 SEND_TIMEOUT_S = 120.0  # a box that stops reading its stdin cannot block the host forever
 CREATED_GRACE_S = 300.0  # a container another airlock created but has not started yet is not abandoned
@@ -84,7 +88,7 @@ def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
         # Lives as long as its stdin is open: see the module's docstring.
         command=["cat"],
         stdin_open=True,
-        user=spec.user,
+        user=KEEPER_USER,  # every process airlock starts names its user (spec.user) itself
         working_dir=layout.workspace,
         runtime=spec.runtime,
         environment=SANDBOX_ENV,
@@ -103,7 +107,9 @@ def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
             layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
         },
         init=True,
-        pids_limit=spec.pids,
+        # Under gVisor the box's process limit is the commands' RLIMIT_NPROC (see the driver); the host's
+        # limit is the sentry's, which runs each process as about two host tasks, plus some forty of its own.
+        pids_limit=64 + 3 * spec.pids if spec.own_kernel else spec.pids,
         mem_limit=spec.memory,
         memswap_limit=spec.memory,  # equal: no swap
         nano_cpus=int(spec.cpus * 1e9),
@@ -218,6 +224,12 @@ class DockerBox:
         if state.get("Status") not in (None, "running"):
             return f"the sandbox container stopped ({state.get('Status')}, exit code {state.get('ExitCode')})"
         return None
+
+    def end_processes(self, user: str) -> None:
+        # kill(-1) from inside reaches every process of its uid in the box's PID namespace but itself,
+        # and never the main process, which runs as KEEPER_USER.
+        stream = self.attach(["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user=user, stdin=False)
+        run_command(stream, "kill -KILL -1", timeout=30.0)
 
     def remove(self) -> None:
         remove_run(self.client, self.spec.run_id, also=self.container)

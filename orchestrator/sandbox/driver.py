@@ -84,7 +84,12 @@ class Sandbox:
         self.ready = True
 
     def export_patch(self, timeout: float = 120.0) -> tuple[bytes, list[str]]:
-        """The change since the baseline as a binary git diff (untrusted bytes), and the paths git could not record."""
+        """The change since the baseline as a binary git diff (untrusted bytes), and the paths git could not record.
+
+        The agent's time is over: whatever of its processes still runs (the tool server's subreaper kills
+        them after each call, but the agent may have killed the server) dies first, so nothing it left
+        can change the tree, or the export's output, while the patch is made."""
+        self.box.end_processes(self.spec.user)
         result = self.exec(self._baseline("export"), timeout=timeout)
         unrecorded = [line.removeprefix("unrecorded: ") for line in result.stderr.splitlines() if line.startswith("unrecorded: ")]
         return result.stdout, unrecorded
@@ -107,6 +112,7 @@ class Sandbox:
             *PYTHON, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
             "--max-output-bytes", str(self.spec.max_output_bytes),
             "--command-timeout", str(self.spec.command_timeout),
+            *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []),
         ]  # fmt: skip
         return ToolChannel(self.box.attach(cmd, user=self.spec.user, stdin=True))
 

@@ -65,6 +65,12 @@ class SandboxSpec:
     # The longest the sandbox may live: past it, any airlock process may remove it as abandoned.
     lifetime_s: float = 4 * 3600.0
 
+    @property
+    def own_kernel(self) -> bool:
+        """gVisor gives the sandbox a kernel of its own: per-uid limits there count only the sandbox's
+        processes, and each of them costs the host about two tasks of gVisor's sentry."""
+        return self.runtime == "runsc"
+
     def record(self) -> dict[str, object]:
         return {
             "image": self.image,

@@ -4,6 +4,7 @@ check that every test leaves no sandbox behind (found by this session's owner la
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ def no_container_left_behind(request: pytest.FixtureRequest, docker_client: dock
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(name).remove(force=True)
     assert not leftover, f"{request.node.name} left sandbox containers behind: {sorted(leftover)}"
+
+
+@pytest.fixture(params=["runc", "runsc"])
+def runtime(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> str:
+    """The isolation tests run under runc and under gVisor's runsc, which `make test`'s Docker set-up
+    registers with the daemon (scripts/ensure-gvisor.sh); without it they are skipped, and fail in CI."""
+    if request.param not in ("runc", *(docker_client.info().get("Runtimes") or {})):
+        message = f"the container runtime {request.param!r} is not registered with the Docker daemon: run `make test` (scripts/ensure-gvisor.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(request.param)
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def run_script_on_host(repo: Path, script: str) -> None:
     assert done.returncode == 0 and b"SCRIPT-DONE" in done.stdout, done.stderr
 
 
-def test_every_kind_of_change_round_trips_exactly(run_scripted, tmp_path: Path) -> None:
+def test_every_kind_of_change_round_trips_exactly(run_scripted, tmp_path: Path, runtime: str) -> None:
     start = make_repo(tmp_path / "start", START, executable=START_EXECUTABLE, links=START_LINKS)
     start_snapshot = tree_snapshot(start)
 
@@ -145,7 +145,7 @@ def test_every_kind_of_change_round_trips_exactly(run_scripted, tmp_path: Path) 
     assert expected["é/ü ñ.txt"][2] == b"unicode folder\n"
     assert "gone.txt" not in expected and "move_me.txt" not in expected and "with space/file name.txt" not in expected
 
-    result, _ = run_scripted(start, [reply(tool_use("run_bash", command=SCRIPT)), reply(text("done"))])
+    result, _ = run_scripted(start, [reply(tool_use("run_bash", command=SCRIPT)), reply(text("done"))], "--runtime", runtime)
 
     assert result.exit_code == 0, result.stdout + result.stderr
     [call] = result.events("tool_call")

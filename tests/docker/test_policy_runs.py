@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT, airlock, airlock_env
+from helpers import PROJECT
 
+from orchestrator.errors import SandboxError
 from orchestrator.providers.scripted import reply, text, tool_use
+from orchestrator.sandbox.docker_backend import DockerBackend
+from orchestrator.sandbox.spec import DEFAULT_IMAGE, SandboxSpec
 
 STRICT = PROJECT / "policies" / "strict.toml"
 FIX = tool_use("edit_file", path="calculator.py", old_str="def multiply(a, b):\n    return a + b", new_str="def multiply(a, b):\n    return a * b")
@@ -122,8 +125,22 @@ def test_hidden_secrets_never_enter_the_sandbox(run_scripted, calculator_repo: P
     assert "super-secret-value" not in (result.out / "trajectory.jsonl").read_text()
 
 
-def test_unregistered_runtime_is_a_clear_sandbox_error(calculator_repo: Path, tmp_path: Path) -> None:
-    policy = write_policy(tmp_path, '[sandbox]\nruntime = "runsc"\n')
-    proc = airlock("run", str(calculator_repo), "--task", "x", "--policy", str(policy), "--out", str(tmp_path / "o"), env=airlock_env("http://127.0.0.1:9"))
-    assert proc.returncode == 3
-    assert "runsc" in proc.stdout and "not registered" in proc.stdout
+def test_a_runtime_the_daemon_does_not_know_is_a_clear_sandbox_error() -> None:
+    # The policy allows runc and runsc; `make test` registers runsc, so a runtime no daemon has stands in.
+    spec = SandboxSpec(image=DEFAULT_IMAGE, run_id="no-such-runtime", runtime="airlock-no-such-runtime")
+    with pytest.raises(SandboxError, match="the container runtime 'airlock-no-such-runtime' is not registered with the Docker daemon"):
+        DockerBackend().start(spec)
+
+
+def test_command_rules_cover_the_usual_spellings_and_the_sandbox_is_the_boundary(run_scripted, calculator_repo: Path) -> None:
+    spellings = ["pip3 install requests", "python3 -m pip install requests", "python -m pip install --user requests", "/usr/bin/pip3 install x"]
+    around = "python3 -c \"import urllib.request; urllib.request.urlopen('http://93.184.215.14', timeout=5)\" 2>&1 | tail -1"
+    turns = [reply(tool_use("run_bash", command=command)) for command in [*spellings, around]] + [reply(text("done"))]
+    result, _ = run_scripted(calculator_repo, turns, "--policy", str(STRICT))
+
+    assert result.exit_code == 0, result.stdout + result.stderr
+    *refused, passed = result.events("tool_call")
+    for call in refused:
+        assert call["is_error"] and "refused by policy [commands] deny rule" in call["output"] and call["meta"] == {}, call
+    # The rules are a guard-rail: python3 is allowed, so this passes them; the sandbox has no network.
+    assert not passed["is_error"] and "Network is unreachable" in passed["output"]

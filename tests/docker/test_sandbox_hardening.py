@@ -23,19 +23,21 @@ def _inspect_running_sandbox(client: docker.DockerClient, seen: dict):
     return turn
 
 
-def test_container_is_created_hardened(run_scripted, calculator_repo: Path, docker_client, monkeypatch) -> None:
+def test_container_is_created_hardened(run_scripted, calculator_repo: Path, docker_client, monkeypatch, runtime: str) -> None:
     seen: dict = {}
     monkeypatch.setenv("AIRLOCK_CANARY_SECRET", "must-not-leak")
-    result, _ = run_scripted(calculator_repo, [_inspect_running_sandbox(docker_client, seen)], "--cpus", "1.5", "--memory", "768m", "--pids", "200")
+    options = ["--cpus", "1.5", "--memory", "768m", "--pids", "200", "--runtime", runtime]
+    result, _ = run_scripted(calculator_repo, [_inspect_running_sandbox(docker_client, seen)], *options)
     assert result.exit_code == 0, result.stderr + result.stdout
     host, config = seen["HostConfig"], seen["Config"]
+    assert host["Runtime"] == runtime and result.record["sandbox"]["runtime"] == runtime
 
     assert host["NetworkMode"] == "none"
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert host["ReadonlyRootfs"] is True
-    assert config["User"] == "1000:1000"
-    assert host["PidsLimit"] == 200
+    assert config["User"] == "65534:65534"  # the main process: not the agent's uid (its commands run as 1000:1000)
+    assert host["PidsLimit"] == (200 if runtime == "runc" else 64 + 3 * 200)  # gVisor: the sentry's room; the box's 200 is inside
     assert host["Memory"] == 768 * 1024**2 and host["MemorySwap"] == host["Memory"]
     assert host["NanoCpus"] == 1_500_000_000
     assert host["Init"] is True
@@ -61,38 +63,39 @@ def test_container_is_created_hardened(run_scripted, calculator_repo: Path, dock
     assert not any(k.lower().endswith("_proxy") for k in env)
 
 
-def test_inside_the_sandbox_nothing_escapes(run_scripted, calculator_repo: Path, monkeypatch) -> None:
+def test_inside_the_sandbox_nothing_escapes(run_scripted, calculator_repo: Path, monkeypatch, runtime: str) -> None:
     monkeypatch.setenv("AIRLOCK_CANARY_SECRET", "must-not-leak")
     probes = {
-        "identity": "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status",
-        "network": "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)\" 2>&1 | tail -1; ls /sys/class/net",
+        "identity": "id -u; grep CapEff /proc/self/status; python3 -c 'import ctypes; print(\"NoNewPrivs:\", ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))'",
+        "network": "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)\" 2>&1 | tail -1; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
         "docker_socket": "ls -la /var/run/docker.sock /run/docker.sock 2>&1",
-        "root_fs": "touch /usr/bin/evil 2>&1; touch /etc/evil 2>&1; echo done",
+        "root_fs": 'touch /usr/bin/evil 2>&1; touch /etc/evil 2>&1; awk \'$2 == "/" {print "root", $4}\' /proc/mounts | cut -d, -f1',
         "environment": "env | sort",
         "stdin": "cat; echo stdin-closed",
         "tool_code": "echo x > /opt/airlock/tools/server.py 2>&1; echo done",
     }
     turns = [reply(tool_use("run_bash", command=command)) for command in probes.values()] + [reply(text("done"))]
-    result, _ = run_scripted(calculator_repo, turns)
+    result, _ = run_scripted(calculator_repo, turns, "--runtime", runtime)
     assert result.exit_code == 0, result.stderr + result.stdout
     out = {name: call["output"] for name, call in zip(probes, result.events("tool_call"), strict=True)}
 
     assert out["identity"].startswith("1000\n")
-    assert "CapEff:\t0000000000000000" in out["identity"] and "NoNewPrivs:\t1" in out["identity"]
-    assert "Network is unreachable" in out["network"] and out["network"].split("\n")[1].strip() == "lo"
+    assert "CapEff:\t0000000000000000" in out["identity"] and "NoNewPrivs: 1" in out["identity"]  # PR_GET_NO_NEW_PRIVS: gVisor has no status line
+    unreachable = ("Network is unreachable", "No route to host")  # runc's kernel, gVisor's
+    assert any(why in out["network"] for why in unreachable) and out["network"].split("\n")[1] == "lo", out["network"]  # loopback only
     assert out["docker_socket"].count("No such file or directory") == 2
-    assert out["root_fs"].count("Read-only file system") == 2
+    assert "root ro\n" in out["root_fs"]  # mounted read-only; writing is refused (gVisor checks permissions first)
+    assert out["root_fs"].count("Read-only file system" if runtime == "runc" else "Permission denied") == 2
     assert "must-not-leak" not in out["environment"] and "ANTHROPIC" not in out["environment"]
     assert "GIT_TERMINAL_PROMPT=0" in out["environment"]
     assert "stdin-closed" in out["stdin"]
     assert "Permission denied" in out["tool_code"]
 
 
-def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: Path) -> None:
+def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: Path, runtime: str) -> None:
     abuse = {
-        "fork_bomb": "bomb() { bomb | bomb & }; bomb",
+        "fork_bomb": "bomb() { bomb | bomb & }; bomb; sleep 3",
         "after_fork_bomb": "echo alive",
-        "memory_bomb": "python3 -c 'a = []\nwhile True: a.append(bytearray(64 * 1024 * 1024))'; echo exit=$?",
         "disk_fill": "dd if=/dev/zero of=filler bs=1M count=4096 2>&1 | head -1; rm -f filler",
         "output_flood": "yes flood | head -c 50000000",
         "hanging": "sleep 600",
@@ -100,7 +103,7 @@ def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: 
         "still_alive": "echo alive && ls calculator.py",
     }
     turns = [reply(tool_use("run_bash", command=command, timeout=8)) for command in abuse.values()] + [reply(text("done"))]
-    result, _ = run_scripted(calculator_repo, turns, "--memory", "512m", "--disk", "64m", "--pids", "128", "--command-timeout", "8")
+    result, _ = run_scripted(calculator_repo, turns, "--memory", "512m", "--disk", "64m", "--pids", "128", "--command-timeout", "8", "--runtime", runtime)
     assert result.exit_code == 0, result.stderr + result.stdout
     assert result.record["status"] == "completed"
     calls = {name: call for name, call in zip(abuse, result.events("tool_call"), strict=True)}
@@ -108,7 +111,6 @@ def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: 
     # The process limit stops the bomb; the whole process group is killed when the call ends.
     assert "Resource temporarily unavailable" in calls["fork_bomb"]["output"] or calls["fork_bomb"]["meta"]["timed_out"]
     assert calls["after_fork_bomb"]["output"].startswith("alive")
-    assert "exit=137" in calls["memory_bomb"]["output"] or "MemoryError" in calls["memory_bomb"]["output"]
     assert "No space left on device" in calls["disk_fill"]["output"]
     flood = calls["output_flood"]
     assert flood["meta"]["dropped_bytes"] > 49_000_000 and "bytes of output dropped" in flood["output"]
@@ -117,3 +119,24 @@ def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: 
     assert calls["background"]["duration_s"] < 8 and "started" in calls["background"]["output"]
     assert calls["still_alive"]["output"].startswith("alive\ncalculator.py")
     assert result.patch == b""
+
+
+MEMORY_BOMB = "python3 -c 'a = []\nwhile True: a.append(bytearray(64 * 1024 * 1024))'; echo exit=$?"
+
+
+def test_memory_exhaustion_is_contained(run_scripted, calculator_repo: Path, runtime: str) -> None:
+    turns = [reply(tool_use("write_file", path="kept.txt", content="x\n")), reply(tool_use("run_bash", command=MEMORY_BOMB, timeout=20))]
+    turns += [reply(tool_use("run_bash", command="echo alive")), reply(text("done"))]
+    result, _ = run_scripted(calculator_repo, turns, "--memory", "512m", "--disk", "64m", "--runtime", runtime)
+
+    assert "Traceback" not in result.stdout + result.stderr
+    events = result.events()
+    assert events[-1]["type"] == "run_end"
+    if runtime == "runc":  # the kernel's OOM killer takes the command (the server made it the first choice)
+        assert result.exit_code == 0 and result.record["status"] == "completed", result.stdout
+        bomb, after = result.events("tool_call")[1:]
+        assert "exit=137" in bomb["output"] or "MemoryError" in bomb["output"]
+        assert after["output"].startswith("alive") and b"kept.txt" in result.patch
+    else:  # gVisor's kernel is one host process: the host's OOM killer ends the whole sandbox, and its work
+        assert result.exit_code == 3 and result.record["status"] == "sandbox_error", result.stdout
+        assert events[-1]["status"] == "sandbox_error" and result.record["patch"]["exported"] is False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import secrets
 import shutil
 import stat
 import subprocess
@@ -25,6 +26,7 @@ import pytest
 from helpers import SESSION_OWNER
 
 from orchestrator.sandbox.spec import DEFAULT_IMAGE, SANDBOX_ENV
+from tools.protocol import REPLY, REQUEST, opened, sign
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 PYTHON = ["/usr/bin/python3", "-E", "-s", "-B"]  # absolute: some tests give the server an empty PATH
@@ -60,13 +62,16 @@ def in_image(image_box: str) -> Callable[..., list[str]]:
 
 
 class Server:
-    """The real server, in the image, spoken to over its pipes; every read has a deadline."""
+    """The real server, in the image, spoken to over its pipes as the host does (the key first, then
+    signed lines); every read has a deadline."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], key_line: bytes | None = None) -> None:
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self._next_id = 1
+        self.next_id = 1
+        self.key = secrets.token_bytes(32)
+        self.send_unsigned(key_line or self.key.hex().encode() + b"\n")
         self.ready = self.receive()
 
     def _read(self) -> None:
@@ -76,21 +81,28 @@ class Server:
         self._lines.put(None)
 
     def send_raw(self, data: bytes) -> None:
+        """Each line of `data`, signed as the host signs its requests."""
+        self.send_unsigned(b"".join(sign(self.key, REQUEST, line) for line in data.split(b"\n")[:-1]))
+
+    def send_unsigned(self, data: bytes) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
     def receive_raw(self, timeout: float = 15) -> bytes:
+        """The next reply's payload, its signature checked."""
         line = self._lines.get(timeout=timeout)
         assert line is not None, "the server exited"
-        return line
+        payload = opened(self.key, REPLY, line)
+        assert payload is not None, f"an unsigned reply: {line[:200]!r}"
+        return payload
 
     def receive(self, timeout: float = 15) -> dict[str, Any]:
         return json.loads(self.receive_raw(timeout))
 
     def call(self, tool: str, **args: Any) -> dict[str, Any]:
-        request_id = self._next_id
-        self._next_id += 1
+        request_id = self.next_id
+        self.next_id += 1
         self.send_raw(json.dumps({"id": request_id, "tool": tool, "args": args}).encode() + b"\n")
         reply = self.receive()
         assert reply["id"] == request_id
@@ -119,8 +131,8 @@ def root(tmp_path: Path) -> Path:
 def start_server(root: Path, in_image: Callable[..., list[str]]):
     started: list[Server] = []
 
-    def start(*options: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(in_image(*PYTHON, str(TOOLS / "server.py"), "--root", str(root), *options, env=env))
+    def start(*options: str, env: dict[str, str] | None = None, key_line: bytes | None = None) -> Server:
+        server = Server(in_image(*PYTHON, str(TOOLS / "server.py"), "--root", str(root), *options, env=env), key_line)
         started.append(server)
         return server
 
@@ -168,8 +180,9 @@ def wait_dead(pid: int, within: float = 3.0) -> bool:
 def test_ready_line_comes_first(server: Server) -> None:
     assert server.ready["id"] == 0
     assert server.ready["ready"] is True
-    assert server.ready["protocol"] == 1
+    assert server.ready["protocol"] == 3
     assert server.ready["python"].split()[0].startswith("3.")
+    assert server.ready["dumpable"] is False and server.ready["subreaper"] is True
 
 
 def test_ping_without_an_id_is_answered_with_a_null_id(server: Server) -> None:
@@ -196,7 +209,23 @@ def test_bad_lines_get_an_error_reply_and_the_server_goes_on(server: Server, lin
     reply = server.receive()
     assert reply["id"] == request_id
     assert message in error(reply)
+    server.next_id = 10  # ids only go up: the server ignores one it has seen
     assert ok(server.call("ping")) == "pong"
+
+
+def test_lines_without_the_hosts_signature_and_replays_are_ignored(server: Server) -> None:
+    forged = {"id": 2, "tool": "write_file", "args": {"path": "forged.txt", "content": "x"}}
+    server.send_unsigned(json.dumps(forged).encode() + b"\n")  # as a process in the sandbox could
+    server.send_unsigned(json.dumps(forged).encode() + b"\t" + b"0" * 64 + b"\n")
+    assert ok(server.call("ping")) == "pong"  # id 1: the forged lines got no reply
+    server.send_raw(json.dumps({"id": 1, "tool": "write_file", "args": {"path": "replayed.txt", "content": "x"}}).encode() + b"\n")
+    assert ok(server.call("ping")) == "pong"  # id 2: the replayed id 1 was not run
+    assert ok(server.call("list_dir")).splitlines()[1:] == ["  (empty directory)"]
+
+
+def test_the_first_line_must_be_a_key(start_server: Callable[..., Server]) -> None:
+    with pytest.raises(AssertionError, match="the server exited"):
+        start_server(key_line=b"not a key\n")
 
 
 def test_blank_lines_are_skipped(server: Server) -> None:
@@ -247,8 +276,8 @@ def test_reply_lines_contain_no_raw_line_breaks(server: Server, root: Path) -> N
     (root / "breaks.txt").write_text(text, encoding="utf-8", newline="")
     server.send_raw(b'{"id": 1, "tool": "read_file", "args": {"path": "breaks.txt"}}\n')
     raw = server.receive_raw()
-    assert raw.count(b"\n") == 1 and raw.endswith(b"\n")
-    assert raw.decode("utf-8").splitlines() == [raw.decode("utf-8").rstrip("\n")]
+    assert b"\n" not in raw and b"\t" not in raw  # the payload: one line, and the tab before the signature is the only one
+    assert raw.decode("utf-8").splitlines() == [raw.decode("utf-8")]
     assert json.loads(raw)["output"] == "     1\ta\u2028b\u2029c\x85d\re"
 
 
@@ -534,11 +563,11 @@ def test_run_bash_makes_the_command_the_oom_killers_first_choice(server: Server)
     assert ok(server.call("run_bash", command="cat /proc/self/oom_score_adj")) == "1000\n[exit code: 0]"
 
 
-def test_run_bash_timeout_kills_the_whole_process_group(server: Server, tmp_path: Path) -> None:
+def test_run_bash_timeout_kills_everything_the_command_started(server: Server, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    command = f"sleep 100 & echo $! > {pids}; echo $$ >> {pids}; sleep 100"
+    command = f"setsid sleep 100 & echo $! > {pids}; echo $$ >> {pids}; sleep 100"
     reply = server.call("run_bash", command=command, timeout=0.5)
-    assert error(reply) == "[timed out after 0.5 s: the command and its process group were killed]"
+    assert error(reply) == "[timed out after 0.5 s: the command and every process it started were killed]"
     assert reply["meta"]["timed_out"] is True and reply["meta"]["exit_code"] is None
     assert 450 <= reply["meta"]["duration_ms"] < 2500
     background, shell = (int(pid) for pid in pids.read_text().split())
@@ -561,16 +590,35 @@ def test_run_bash_background_jobs_do_not_outlive_the_call(server: Server, tmp_pa
     assert wait_dead(int(pid_file.read_text()))
 
 
-def test_run_bash_does_not_wait_long_for_an_escaped_process_holding_the_pipe(server: Server, tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
+ESCAPES = {
+    "setsid": "setsid sleep 100 & echo $! >> {pids}",
+    "double fork": "( ( sleep 100 & echo $! >> {pids} ) & )",
+    "nohup, output closed": "nohup sleep 100 >/dev/null 2>&1 </dev/null & echo $! >> {pids}",
+    "a new session that forks again": "setsid sh -c 'sleep 100 & echo $! >> {pids}; wait' &",
+}
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_nothing_a_command_starts_outlives_the_call(server: Server, tmp_path: Path, escape: str) -> None:
+    pids = tmp_path / "pids"
     started = time.monotonic()
-    try:
-        reply = server.call("run_bash", command=f"setsid sleep 30 & echo $! > {pid_file}; echo bye")
-        assert ok(reply) == "bye\n[exit code: 0]"
-        assert time.monotonic() - started < 4  # about one second of draining, then the call returns
-    finally:
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), 9)
+    reply = server.call("run_bash", command=ESCAPES[escape].format(pids=pids) + "\nsleep 0.2; echo bye")
+    assert ok(reply) == "bye\n[exit code: 0]"
+    assert time.monotonic() - started < 3  # the call does not wait for what it kills
+    for pid in (int(line) for line in pids.read_text().split()):
+        assert not alive(pid), f"{escape}: process {pid} outlived its call"
+
+
+def test_the_commands_cannot_reach_the_servers_pipes_or_memory(server: Server) -> None:
+    probe = (
+        "server=$PPID; for f in fd/0 fd/1 mem environ; do "
+        '(exec 3<>/proc/$server/$f) 2>/dev/null && echo "open $f" || echo "refused $f"; done; '
+        'python3 -c "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); '
+        "print('ptrace', 'refused' if libc.ptrace(16, int(sys.argv[1]), 0, 0) else 'attached', ctypes.get_errno())\" $server"
+    )
+    shown = ok(server.call("run_bash", command=probe))
+    assert "refused fd/0\nrefused fd/1\nrefused mem\nrefused environ\nptrace refused 1\n" in shown  # 1: EPERM
+    assert ok(server.call("ping")) == "pong"
 
 
 def test_run_bash_keeps_the_head_and_tail_of_a_flood(server: Server) -> None:

@@ -14,6 +14,7 @@ import pytest
 from orchestrator.errors import UsageError
 from orchestrator.patch.apply import apply_patch
 from orchestrator.patch.neutral_git import NEUTRAL_ATTRIBUTES, neutral_git_dir, run_git
+from tools.baseline import literal_binaries
 
 SANDBOX_DIFF = [
     "diff",
@@ -91,9 +92,11 @@ class Scenario:
         self.base = git(self.work, "write-tree", git_dir=self.git_dir).decode().strip()
 
     def patch(self) -> Path:
+        """The change as the sandbox exports it: git's diff with every binary hunk a literal."""
         git(self.work, "add", "-A", git_dir=self.git_dir)
         out = self.tmp / "change.patch"
-        out.write_bytes(git(self.work, *SANDBOX_DIFF, self.base, git_dir=self.git_dir))
+        raw = git(self.work, *SANDBOX_DIFF, self.base, git_dir=self.git_dir)
+        out.write_bytes(literal_binaries(raw, lambda oid: git(self.work, "cat-file", "blob", oid, git_dir=self.git_dir)))
         return out
 
 

@@ -13,7 +13,7 @@ from helpers import PROJECT
 ORCHESTRATOR = PROJECT / "orchestrator"
 # Lower numbers are lower layers: a module may import its own package and lower layers only.
 LAYERS = {
-    "errors": 0, "tokens": 0, "conversation": 1, "tool_specs": 1, "globs": 1, "sizes": 1,  # shared vocabulary
+    "errors": 0, "tokens": 0, "conversation": 1, "tool_specs": 1, "globs": 1, "sizes": 1, "terminal": 1,  # shared vocabulary
     "patch": 2, "providers": 2, "sandbox": 2,
     "policy": 3,
     "run": 4,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.patch.check import UNPARSEABLE, c_unquote, check_patch, is_dotgit_like, path_problem, symlink_problem
+from orchestrator.patch.check import UNPARSEABLE, binary_content, c_unquote, check_patch, is_dotgit_like, path_problem, symlink_problem
 from orchestrator.patch.neutral_git import neutral_git_dir, run_git
+from tools.baseline import literal_binaries
 
 SANDBOX_DIFF = [
     "diff",
@@ -50,9 +51,11 @@ class Tree:
         self.git("add", "-A")
         return self.git("write-tree").decode().strip()
 
-    def diff(self, base: str) -> bytes:
+    def diff(self, base: str, *, as_exported: bool = True) -> bytes:
+        """git's diff; as the sandbox exports it, every binary hunk a literal (tools/baseline.py)."""
         self.git("add", "-A")
-        return self.git(*SANDBOX_DIFF, base)
+        raw = self.git(*SANDBOX_DIFF, base)
+        return literal_binaries(raw, lambda oid: self.git("cat-file", "blob", oid)) if as_exported else raw
 
     def numstat(self, base: str) -> tuple[int, int, int]:
         out = self.git("diff", "--cached", "-M", "--numstat", "-z", base)
@@ -361,3 +364,27 @@ def test_path_and_symlink_rules() -> None:
 def test_refusal_paths_are_one_printable_line() -> None:
     checked = check_patch(new_file(b"x\n/.git/\xff"))
     assert [(r.path, r.reason) for r in checked.refused] == [("x\\n/.git/\\xff", "writes inside .git")]
+
+
+def test_binary_hunks_must_be_literals_that_match_their_index_line(tree: Tree) -> None:
+    tree.write("blob.bin", bytes(range(256)) * 40)
+    base = tree.snapshot()
+    tree.write("blob.bin", bytes(range(256)) * 39 + b"\x00changed")
+    raw = tree.diff(base, as_exported=False)
+    assert b"\ndelta " in raw  # git's own choice here: smaller than the whole file
+    [refusal] = check_patch(raw).refused
+    assert refusal.reason.startswith("binary delta: what it writes depends on the old file")
+
+    exported = tree.diff(base)
+    checked = check_patch(exported)
+    assert not checked.refused and checked.patch == exported
+    old, new = binary_content(exported)
+    assert (old, new) == (bytes(range(256)) * 40, bytes(range(256)) * 39 + b"\x00changed")
+
+    forged = exported.replace(b"literal 10240\n", b"literal 10240\nzzz\n", 1)  # not base85: unparseable
+    assert check_patch(forged).refused[0].reason == UNPARSEABLE
+    head, _, _ = exported.partition(b"GIT binary patch\n")
+    other = head + b"GIT binary patch\nliteral 3\n" + git_base85(zlib.compress(b"abc")) + b"\n"
+    assert check_patch(other).refused[0].reason == "binary content that does not match its index line"
+    short = head + b"GIT binary patch\nliteral 4\n" + git_base85(zlib.compress(b"abc")) + b"\n"
+    assert check_patch(short).refused[0].reason == "binary literal that does not inflate to its stated size"

@@ -269,8 +269,14 @@ def test_override_errors_name_the_flag(values: dict[str, object], message: str) 
 
 
 def test_unknown_override_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="not a policy override: runtime"):
-        Policy().with_overrides(runtime="runsc")
+    with pytest.raises(ValueError, match="not a policy override: user"):
+        Policy().with_overrides(user="0:0")
+
+
+def test_the_runtime_can_be_overridden_and_is_checked() -> None:
+    assert Policy().with_overrides(runtime="runsc").sandbox.runtime == "runsc"
+    with pytest.raises(PolicyError, match="--runtime must be 'runc' or 'runsc', not 'kata'"):
+        Policy().with_overrides(runtime="kata")
 
 
 def test_record_is_json_with_sizes_in_bytes() -> None:

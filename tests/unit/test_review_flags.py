@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.patch.check import FileChange
-from orchestrator.review.flags import change_flags, content_flags, escape_char, name_flags, sensitive_reason, skeleton
+from orchestrator.review.flags import change_flags, content_flags, name_flags, sensitive_reason, skeleton
+from orchestrator.terminal import escape_char
 
 # (name, codes that must be flagged, the most severe severity) -- () and None: nothing to flag.
 NAMES = [
@@ -149,3 +150,22 @@ def test_skeleton_and_escapes() -> None:
     assert skeleton(".gіthub") == skeleton(".github") == skeleton(".GitHub") == skeleton(".g1thub")
     assert skeleton("src") != skeleton(".github")
     assert [escape_char(c) for c in ("\u202e", "\n", "\x1b", "\udcff", "\U000e0041")] == ["\\u202e", "\\n", "\\x1b", "\\xff", "\\U000e0041"]
+
+
+@pytest.mark.parametrize(
+    "kind, path, was_text, severity",
+    [
+        ("modified", "app.js", True, "danger"),  # text before, binary now: the NUL trick
+        ("modified", "data/blob", True, "danger"),  # whatever its name
+        ("added", "src/evil.py", None, "danger"),  # a new source file that git carries as binary
+        ("added", "Makefile", None, "danger"),
+        ("modified", "logo.png", False, "note"),  # binary before and after: an asset
+        ("added", "logo.png", None, "note"),
+        ("deleted", "old.js", None, "note"),
+    ],
+)
+def test_a_text_or_source_file_that_is_binary_is_danger(kind: str, path: str, was_text: bool | None, severity: str) -> None:
+    old, new = (None if kind == "added" else path), (None if kind == "deleted" else path)
+    flags = [f for f in change_flags(change(kind, old, new, binary=True), binary_was_text=was_text) if f.code.startswith("binary")]
+    assert [f.severity for f in flags] == [severity]
+    assert "shown decoded, with NUL and control bytes escaped" in flags[0].message

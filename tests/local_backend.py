@@ -91,6 +91,9 @@ class LocalBox:
     def failure(self) -> str | None:
         return None if os.path.isdir(self.root) else "the sandbox folder was removed"
 
+    def egress_log(self) -> str:
+        return ""
+
     def remove(self) -> None:
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -115,3 +118,6 @@ class LocalBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def environments(self) -> Any:
+        raise SandboxError("the local test backend keeps no environments")

@@ -28,9 +28,11 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import Stream
+from orchestrator.sandbox.base import NameInUse, Stream
 from orchestrator.sandbox.docker_client import docker_client
-from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
+from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, start_proxy
+from orchestrator.sandbox.docker_environments import DockerEnvironments
+from orchestrator.sandbox.spec import ENV_ROOT, Layout, SandboxSpec
 
 LABEL = "airlock.sandbox"
 DEADLINE_LABEL = "airlock.deadline"
@@ -67,8 +69,22 @@ def owner_labels(spec: SandboxSpec) -> dict[str, str]:
     return labels
 
 
-def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
+def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, Any]:
     layout = LAYOUT
+    tmpfs = {
+        layout.workspace: _tmpfs(spec.disk, owner=spec.user),
+        layout.state: _tmpfs(spec.disk, owner=spec.user, exec_=False),
+        "/tmp": _tmpfs(512 * 1024**2, mode="1777"),
+        "/home/airlock": _tmpfs(256 * 1024**2, owner=spec.user),
+        # Root-owned, so the agent cannot swap the tool code under the server.
+        layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
+    }
+    environment = spec.environment_vars()
+    if spec.env_disk:  # a setup sandbox: the environment it makes, streamed out at the end
+        tmpfs[ENV_ROOT] = _tmpfs(spec.env_disk, owner=spec.user)
+    if proxy is not None:  # its only way out; no DNS is needed, the proxy resolves names
+        environment |= {name: proxy.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+        environment |= {"NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
     return dict(
         image=spec.image,
         # Lives as long as its stdin is open: see the module's docstring.
@@ -77,21 +93,15 @@ def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
         user=spec.user,
         working_dir=layout.workspace,
         runtime=spec.runtime,
-        environment=SANDBOX_ENV,
+        environment=environment,
         hostname="sandbox",
         labels=owner_labels(spec),
-        network_mode="none",
+        name=spec.name,
+        network_mode="none" if proxy is None else proxy.network.name,
         cap_drop=["ALL"],
         security_opt=["no-new-privileges:true"],
         read_only=True,
-        tmpfs={
-            layout.workspace: _tmpfs(spec.disk, owner=spec.user),
-            layout.state: _tmpfs(spec.disk, owner=spec.user, exec_=False),
-            "/tmp": _tmpfs(512 * 1024**2, mode="1777"),
-            "/home/airlock": _tmpfs(256 * 1024**2, owner=spec.user),
-            # Root-owned, so the agent cannot swap the tool code under the server.
-            layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
-        },
+        tmpfs=tmpfs,
         init=True,
         pids_limit=spec.pids,
         mem_limit=spec.memory,
@@ -182,10 +192,11 @@ class DockerBox:
 
     layout = LAYOUT
 
-    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any) -> None:
+    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any, proxy: Proxy | None = None) -> None:
         self.client, self.spec, self.container = client, spec, container
         self.id: str = container.id or ""
         self._lifeline = lifeline
+        self.proxy = proxy
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
         api = self.client.api
@@ -209,20 +220,27 @@ class DockerBox:
             return f"the sandbox container stopped ({state.get('Status')}, exit code {state.get('ExitCode')})"
         return None
 
+    def egress_log(self) -> str:
+        return proxy_log(self.client, self.proxy) if self.proxy is not None else ""
+
     def remove(self) -> None:
         remove_run(self.client, self.spec.run_id, also=self.container)
-        try:
-            _raw_socket(self._lifeline).close()
-        except OSError:
-            pass
+        for lifeline in (self._lifeline, self.proxy.lifeline if self.proxy else None):
+            try:
+                if lifeline is not None:
+                    _raw_socket(lifeline).close()
+            except OSError:
+                pass
 
 
 def remove_run(client: docker.DockerClient, run_id: str, also: Container | None = None) -> None:
-    """Remove a run's container, found by its run label too (a create cut short by Ctrl-C may have no handle)."""
+    """Remove a run's containers (sandbox, egress proxy) and its setup network, found by the run label too
+    (a create cut short by Ctrl-C may have no handle)."""
     try:
         found = client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}, ignore_removed=True)
         for container in {c.id: c for c in [*found, *([also] if also else [])]}.values():
             _remove_container(container)
+        remove_networks(client, [f"airlock.run-id={run_id}"])
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxError(f"could not remove the sandbox of run {run_id}: {docker_message(exc)}") from None
 
@@ -243,18 +261,26 @@ class DockerBackend:
         client = self.client
         if spec.runtime != "runc" and spec.runtime not in client.info().get("Runtimes", {}):
             raise SandboxError(f"the container runtime {spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
+        proxy = None
         try:
-            container = client.containers.create(**create_kwargs(spec))  # stdin_open: StdinOnce too
+            if spec.egress is not None:
+                proxy = start_proxy(client, f"airlock-setup-{spec.run_id}", spec.egress, owner_labels(spec))
+            container = client.containers.create(**create_kwargs(spec, proxy))  # stdin_open: StdinOnce too
             # Attached before the start, so the main process's stdin is ours from its first moment.
             lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
             container.start()
+        except SandboxError:
+            remove_run(client, spec.run_id)
+            raise
         except docker.errors.ImageNotFound:
             remove_run(client, spec.run_id)
             raise SandboxError(f"sandbox image {spec.image!r} not found; build it with `airlock image build`") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             remove_run(client, spec.run_id)
+            if isinstance(exc, docker.errors.APIError) and exc.status_code == 409 and spec.name and spec.name in str(exc):
+                raise NameInUse(f"a sandbox named {spec.name} is running") from None
             raise SandboxError(f"could not start the sandbox: {docker_message(exc)}") from None
-        return DockerBox(client, spec, container, lifeline)
+        return DockerBox(client, spec, container, lifeline, proxy)
 
     def remove_stale(self, *, everything: bool = False, runs: Collection[str] = ()) -> list[str]:
         removed = []
@@ -262,10 +288,15 @@ class DockerBackend:
             ours = everything or container.labels.get("airlock.run-id") in runs
             if (ours or abandoned(container.attrs)) and _remove_container(container):
                 removed.append(container.short_id)
+        # Setup networks nobody uses any more (their run's containers are gone, or were removed above).
+        remove_networks(self.client, [], unused_only=True)
         return removed
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def environments(self) -> DockerEnvironments:
+        return DockerEnvironments(self.client)
 
 
 def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:

@@ -180,6 +180,9 @@ def batch(
     skip_invalid: Annotated[bool, typer.Option(help="Run the valid tasks even if some entries are invalid.")] = False,
     cache: Annotated[Path | None, typer.Option(help="Where git URLs are cloned (default: OUT/.cache/repos).")] = None,
     allow_protocol: Annotated[list[str] | None, typer.Option(help="Git protocol allowed for cloning, repeatable (default: https only).")] = None,
+    setup: Annotated[
+        list[str] | None, typer.Option(metavar="CMD", help="Setup command of tasks without their own `setup`, repeatable ('auto' detects).")
+    ] = None,
 ) -> None:
     """Run many tasks (repos x task) in parallel sandboxes, resumable, with a live board and a summary."""
     from orchestrator.batch.scheduler import BatchOptions, check_protocols, run_batch
@@ -196,6 +199,7 @@ def batch(
     defaults = Defaults(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
+        setup=tuple(setup or ()),
     )  # fmt: skip
     options = BatchOptions(
         out=out.resolve(), jobs=jobs, max_total_cost=max_total_cost, redo=redo, cache=cache.resolve() if cache else None, allowed_protocols=protocols

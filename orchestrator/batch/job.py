@@ -93,9 +93,12 @@ class Job:
         self.out.mkdir(parents=True)
         task_file = coordination / f"{self.id}.task"
         task_file.write_text(self.task.task, encoding="utf-8")
+        policy_file = coordination / f"{self.id}.policy.toml"
+        if self.task.setup_policy is not None:
+            policy_file.write_text(self.task.setup_policy, encoding="utf-8")
         cmd = [
             sys.executable, "-m", "orchestrator", "run", str(repo), "--task-file", str(task_file), "--out", str(self.out),
-            *self.task.run_options(), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
+            *self.task.run_options(policy_file), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
         ]  # fmt: skip
         env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160")}
         with open(self.out / LOG_NAME, "wb") as log:

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.batch.repo_source import check_ref, is_url, protocol_of, redact, url_basename
 from orchestrator.errors import UsageError
-from orchestrator.policy.model import Policy, Price, load_policy
+from orchestrator.policy.model import Policy, Price, SetupPolicy, load_policy
 from orchestrator.policy.pricing import price_for
 from orchestrator.providers import DEFAULT_MODEL
+from orchestrator.sandbox.egress import covers
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RESERVED_IDS = {"summary.json", "predictions.jsonl", "report.html"}  # the batch's own files in the results folder
@@ -43,6 +44,8 @@ class TaskEntry(BaseModel):
     timeout: float | None = Field(None, gt=0)
     image: str | None = Field(None, min_length=1)
     policy: str | None = Field(None, min_length=1)
+    # The task's setup phase: a command, a list of them ("auto" detects), or a [setup] table's keys.
+    setup: str | list[str] | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Defaults:
     allowed_protocols: tuple[str, ...] = ("https",)
     needs_price: bool = False  # --max-total-cost: every task's cost must be known to count it
     model_access: tuple[str, ...] = ()  # --provider, --base-url, --api-key-env, passed on to every run
+    setup: tuple[str, ...] = ()  # --setup: the setup commands of tasks that do not give their own
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,19 @@ class BatchTask:
     policy: Path | None = None
     price: Price | None = None  # None: the cost is unknown
     model_access: tuple[str, ...] = ()
+    # The task's effective policy as TOML when it sets up a setup phase of its own: written beside the task
+    # file and given to its run instead of `policy`.
+    setup_policy: str | None = None
 
-    def run_options(self) -> list[str]:
-        """The `airlock run` options that carry this task's settings."""
+    def run_options(self, policy_file: Path | None = None) -> list[str]:
+        """The `airlock run` options that carry this task's settings (`policy_file`: where setup_policy was written)."""
         options = [*self.model_access, "--model", self.model]
         for flag, value in (("--max-steps", self.max_steps), ("--timeout", self.timeout), ("--image", self.image), ("--verify", self.verify)):
             if value is not None:
                 options += [flag, str(value)]
-        if self.policy is not None:
-            options += ["--policy", str(self.policy)]
+        policy = policy_file if self.setup_policy is not None else self.policy
+        if policy is not None:
+            options += ["--policy", str(policy)]
         return options
 
 
@@ -224,7 +232,34 @@ class _Checker:
         policy_path = (self.base / entry.policy).resolve() if entry.policy else d.policy
         resolved["policy"] = policy_path
         resolved["price"] = self._price(policy_path, resolved, problems)
+        resolved["setup_policy"] = self._setup(entry, policy_path, problems)
         return resolved
+
+    def _setup(self, entry: TaskEntry, policy_path: Path | None, problems: list[str]) -> str | None:
+        """The task's policy with its setup applied, as TOML (None: nothing to change); its allow_hosts never go
+        beyond the operator's (the batch's --policy, or the built-in defaults)."""
+        policy = self._policy(policy_path)
+        if isinstance(policy, str):
+            return None  # reported by _price
+        given = entry.setup if entry.setup is not None else (list(self.defaults.setup) or None)
+        if isinstance(given, str):
+            given = [given]
+        values = {"commands": given} if isinstance(given, list) else dict(given or {})
+        try:
+            setup = SetupPolicy.model_validate(policy.setup.model_dump() | values)
+        except ValidationError as exc:
+            problems += [f"setup: {_describe(error)}" for error in exc.errors()]
+            return None
+        operator = self._policy(self.defaults.policy)
+        ceiling = operator.setup.allow_hosts if isinstance(operator, Policy) else []
+        wider = [host for host in setup.allow_hosts if not covers(ceiling, host)]
+        if wider:
+            problems.append(f"setup allow_hosts: {', '.join(wider)} not allowed by the batch's policy (a task may not widen the egress allowlist)")
+            return None
+        if not values:
+            return None
+        changed = policy.with_overrides(**{f"setup_{key}": value for key, value in setup.model_dump().items()})
+        return changed.to_toml()
 
     def _id(self, given: str | None, repo: str, problems: list[str]) -> str:
         derived = given is None

@@ -296,7 +296,8 @@ class DockerBackend:
         return {"backend": self.name}
 
     def environments(self) -> DockerEnvironments:
-        return DockerEnvironments(self.client)
+        owner = os.environ.get(OWNER_ENV)
+        return DockerEnvironments(self.client, {OWNER_LABEL: owner} if owner else {})
 
 
 def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:

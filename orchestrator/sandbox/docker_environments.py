@@ -46,8 +46,9 @@ def _environment(attrs: dict) -> Environment | None:
 
 
 class DockerEnvironments:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, labels: dict[str, str] | None = None) -> None:
         self.client = client
+        self.labels = labels or {}  # put on every image saved (the owner's label, when set)
 
     def image_id(self, image: str) -> str:
         try:
@@ -73,7 +74,7 @@ class DockerEnvironments:
             with open(archive, "rb") as context:
                 for chunk in self.client.api.build(
                     fileobj=context, custom_context=True, tag=tag, buildargs={"BASE": base_image}, rm=True, forcerm=True, pull=False,
-                    labels={ENV_LABEL: "1", KEY_LABEL: key, **labels}, decode=True, timeout=None,
+                    labels={**self.labels, **labels, ENV_LABEL: "1", KEY_LABEL: key}, decode=True, timeout=None,
                 ):  # fmt: skip
                     if "error" in chunk:
                         raise SandboxError(f"saving the environment image failed: {str(chunk['error']).strip()[:300]}")

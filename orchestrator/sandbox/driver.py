@@ -105,7 +105,9 @@ class Sandbox:
             while (chunk := stream.next_stdout(deadline)) is not None:
                 output(chunk)
             return stream.exit_code()
-        except OSError as exc:
+        except TimeoutError:
+            raise
+        except OSError as exc:  # TimeoutError is one too: the clause above keeps it
             raise SandboxError(f"lost the connection to the setup sandbox: {exc}") from None
         finally:
             stream.close()

@@ -4,7 +4,9 @@
    `docker exec` per call, both running `bash -c true` in the same sandbox.
 2. Start-up: from launching `airlock run` to the first model request reaching the (scripted) API,
    versus a bare `docker run --rm <image> true`.
-3. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
+3. Setup (bench/setup_phase.py): building an environment from the real package index, then the start-up
+   of a run whose environment is a cache hit, versus the same run without setup; the environment's size.
+4. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
    versus cache price per step, next to a loop that neither caches nor trims.
 Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import docker
 
-from bench import tokens
+from bench import setup_phase, tokens
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text
 from orchestrator.run.config import new_run_id
@@ -60,7 +62,7 @@ def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[floa
     return server, per_exec
 
 
-def time_to_first_request() -> list[float]:
+def time_to_first_request(repo: Path = CALCULATOR_REPO, *options: str) -> list[float]:
     times = []
     for _ in range(STARTS):
         first = threading.Event()
@@ -73,7 +75,7 @@ def time_to_first_request() -> list[float]:
             env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url}
             started = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", str(Path(out) / "run")],
+                [sys.executable, "-m", "orchestrator", "run", str(repo), "--task", "bench", "--out", str(Path(out) / "run"), *options],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             first.wait(120)
@@ -102,6 +104,7 @@ def main() -> None:
     print("start-up")
     print(f"  airlock run -> first model request {_ms(time_to_first_request())}")
     print(f"  baseline: docker run --rm true     {_ms(bare_container_start(client))}\n")
+    setup_phase.main(time_to_first_request, _ms)
     tokens.main()
 
 

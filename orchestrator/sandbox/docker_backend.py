@@ -19,7 +19,6 @@ import select
 import socket
 import time
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any
 
 import docker
@@ -29,7 +28,7 @@ from docker.models.containers import Container
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import NameInUse, Stream
-from orchestrator.sandbox.docker_client import docker_client
+from orchestrator.sandbox.docker_client import docker_client, parse_time
 from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, start_proxy
 from orchestrator.sandbox.docker_environments import DockerEnvironments
 from orchestrator.sandbox.spec import ENV_ROOT, Layout, SandboxSpec
@@ -261,6 +260,8 @@ class DockerBackend:
         client = self.client
         if spec.runtime != "runc" and spec.runtime not in client.info().get("Runtimes", {}):
             raise SandboxError(f"the container runtime {spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
+        if spec.name and client.containers.list(all=True, filters={"name": f"^/{spec.name}$"}):
+            raise NameInUse(f"a sandbox named {spec.name} exists")  # checked before making a proxy; the create is the atomic check
         proxy = None
         try:
             if spec.egress is not None:
@@ -289,7 +290,7 @@ class DockerBackend:
             if (ours or abandoned(container.attrs)) and _remove_container(container):
                 removed.append(container.short_id)
         # Setup networks nobody uses any more (their run's containers are gone, or were removed above).
-        remove_networks(self.client, [], unused_only=True)
+        remove_networks(self.client, [], unused_only=True, grace_s=CREATED_GRACE_S)
         return removed
 
     def describe(self) -> dict[str, Any]:
@@ -312,18 +313,9 @@ def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:
     if status in ("exited", "dead"):
         return True
     if status == "created":
-        created = _parse_time(attrs.get("Created"))
+        created = parse_time(attrs.get("Created"))
         return created is not None and now - created > CREATED_GRACE_S
     return False
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:  # Docker writes nanoseconds, which fromisoformat does not take
-        return datetime.fromisoformat(value[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return None
 
 
 def _remove_container(container: Container) -> bool:

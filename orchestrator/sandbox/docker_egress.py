@@ -26,6 +26,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from orchestrator.errors import SandboxError
+from orchestrator.sandbox.docker_client import parse_time
 from orchestrator.sandbox.egress import PROXY_PORT, squid_config
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
@@ -135,13 +136,19 @@ def proxy_log(client: docker.DockerClient, proxy: Proxy) -> str:
         return ""
 
 
-def remove_networks(client: docker.DockerClient, labels: list[str], unused_only: bool = False) -> list[str]:
-    """Remove airlock's setup networks that carry `labels` (only those no container uses, with `unused_only`)."""
+def _age(created: Any) -> float:
+    when = parse_time(created)
+    return float("inf") if when is None else time.time() - when
+
+
+def remove_networks(client: docker.DockerClient, labels: list[str], unused_only: bool = False, grace_s: float = 0.0) -> list[str]:
+    """Remove airlock's setup networks that carry `labels`; with `unused_only`, only those no container uses
+    and older than `grace_s` (one just made is about to get its proxy)."""
     removed = []
     for network in client.networks.list(filters={"label": [NETWORK_LABEL, *labels]}):
         try:
             network.reload()
-            if unused_only and network.attrs.get("Containers"):
+            if unused_only and (network.attrs.get("Containers") or _age(network.attrs.get("Created")) < grace_s):
                 continue
             network.remove()
             removed.append(network.name or "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -19,6 +18,7 @@ import requests.exceptions
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import Environment
+from orchestrator.sandbox.docker_client import parse_time
 from orchestrator.sandbox.spec import ENV_ROOT
 
 ENV_REPOSITORY = "airlock-env"
@@ -36,11 +36,7 @@ def _environment(attrs: dict) -> Environment | None:
     labels = (attrs.get("Config") or {}).get("Labels") or {}
     if labels.get(ENV_LABEL) != "1" or not labels.get(KEY_LABEL):
         return None
-    created = attrs.get("Created") or ""
-    try:  # Docker writes nanoseconds, which fromisoformat does not take
-        when = datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        when = 0.0
+    when = parse_time(attrs.get("Created")) or 0.0
     size = int(labels.get("airlock.env.bytes", "0") or 0)
     return Environment(key=labels[KEY_LABEL], image=reference(labels[KEY_LABEL]), size=size, created=when, labels=labels)
 

@@ -21,6 +21,8 @@ from orchestrator.sandbox.spec import VENV
 
 # Always first: airlock's virtualenv, which sees the image's packages (pytest) beneath the project's own.
 VENV_COMMAND = f"python3 -m venv --system-site-packages {VENV}"
+# For a project `auto` finds no Python in: no pip to install (seconds and megabytes saved).
+VENV_WITHOUT_PIP = f"{VENV_COMMAND} --without-pip"
 PYTHON_PROJECT = ("pyproject.toml", "setup.py", "setup.cfg")
 PYTHON_LOCKS = ("uv.lock", "poetry.lock", "Pipfile.lock")
 NODE_FILES = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")

@@ -25,7 +25,7 @@ from typing import Any
 
 from orchestrator.errors import AirlockError, UsageError
 from orchestrator.policy.model import AUTO_SETUP, SetupPolicy
-from orchestrator.run.detect import VENV_COMMAND, detect, key_files
+from orchestrator.run.detect import VENV_COMMAND, VENV_WITHOUT_PIP, detect, key_files
 from orchestrator.run.record import SetupRecord
 from orchestrator.run.trace import Trace
 from orchestrator.sandbox.base import Backend, Environment, NameInUse
@@ -178,7 +178,7 @@ class SetupPhase:
         if not found.commands:
             self.trace.note("setup auto: nothing to install found (no pyproject.toml, setup.py, requirements*.txt or package.json at the root)")
             return None
-        return [VENV_COMMAND, *found.commands]
+        return [VENV_COMMAND if "python" in found.ecosystems else VENV_WITHOUT_PIP, *found.commands]
 
     def _run(self) -> Environment | None:
         commands = self._commands()
@@ -248,7 +248,7 @@ class SetupPhase:
             with tempfile.TemporaryDirectory(prefix="airlock-env-") as tmp:
                 archive = Path(tmp) / "environment.tar"
                 try:
-                    stats = sandbox.pack_environment(archive, list(self.secrets.values()), timeout=setup.timeout)
+                    stats = sandbox.pack_environment(archive, list(self.secrets.values()), timeout=setup.timeout, repo=self.repo)
                 except UnsafeEnvironment as exc:
                     raise SetupFailed(str(exc)) from None
                 self.record.env_bytes = stats.bytes
@@ -257,7 +257,8 @@ class SetupPhase:
                     "airlock.env.commands": json.dumps(commands), "airlock.env.bytes": str(stats.bytes),
                     "airlock.env.workspace-files": str(len(stats.workspace_paths)),
                 }  # fmt: skip
-                env = self.backend.environments().save(key, self.backend.environments().image_id(self.spec.image), archive, labels)
+                store = self.backend.environments()
+                env = store.save(key, store.image_id(self.spec.image), archive, labels)
             self.trace.note(f"setup: saved {env.image} ({stats.bytes / 1024**2:.1f} MiB, {stats.files} files)")
             return env
         finally:

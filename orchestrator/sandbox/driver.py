@@ -18,7 +18,7 @@ import tools
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import ROOT_USER, Box
 from orchestrator.sandbox.channel import ExecResult, Feed, ToolChannel, run_command
-from orchestrator.sandbox.env_archive import PackStats, StreamFile, copy_checked
+from orchestrator.sandbox.env_archive import PackStats, StreamFile, copy_checked, in_repo
 from orchestrator.sandbox.repo_tar import CopyStats, write_tar
 from orchestrator.sandbox.spec import ENV_EXCLUDE, ENV_ROOT, ENV_WORKSPACE, SandboxSpec
 
@@ -120,11 +120,14 @@ class Sandbox:
             raise SandboxError("the setup sandbox sent changes that are not JSON") from None
         return found if isinstance(found, dict) else {}
 
-    def pack_environment(self, dest: Path, secrets: list[str], timeout: float = 600.0) -> PackStats:
-        """The environment folder and the files setup created in the repo, checked, into the tar file `dest`."""
+    def pack_environment(self, dest: Path, secrets: list[str], timeout: float = 600.0, repo: Path | None = None) -> PackStats:
+        """The environment folder and the files setup created in the repo (never one `repo` has), checked, into the tar file `dest`."""
         stream = self.box.attach(self._environment_tool("pack"), user=self.spec.user, stdin=False)
         try:
-            stats = copy_checked(StreamFile(stream, time.monotonic() + timeout), dest, secrets, limit=self.spec.env_disk + self.spec.disk)
+            stats = copy_checked(
+                StreamFile(stream, time.monotonic() + timeout), dest, secrets, limit=self.spec.env_disk + self.spec.disk,
+                in_repo=(lambda path: in_repo(repo, path)) if repo is not None else lambda _path: False,
+            )  # fmt: skip
         except (tarfile.TarError, OSError) as exc:
             detail = stream.stderr_tail.decode("utf-8", "replace").strip().splitlines()
             raise SandboxError(f"packing the environment failed: {detail[-1] if detail else exc}") from None

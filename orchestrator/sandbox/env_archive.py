@@ -14,6 +14,7 @@ import posixpath
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -90,8 +91,14 @@ def gitignore_line(path: str) -> str:
     return "/" + escaped
 
 
-def copy_checked(source: BinaryIO | io.RawIOBase, dest: Path, secrets: list[str], limit: int) -> PackStats:
-    """Copy the archive in `source` to the tar file `dest`, checking every member; returns what it held."""
+def copy_checked(
+    source: BinaryIO | io.RawIOBase, dest: Path, secrets: list[str], limit: int, in_repo: Callable[[str], bool] = lambda _path: False
+) -> PackStats:
+    """Copy the archive in `source` to the tar file `dest`, checking every member; returns what it held.
+
+    `in_repo(path)`: whether the user's repo has `path`. Files setup made are carried into later workspaces
+    over the pristine copy and left out of the patch, so one that claims a repo path would replace the repo's
+    own file (a test, say) under the agent and verify: such an archive is refused."""
     stats = PackStats()
     tokens = [secret.encode() for secret in secrets if secret]
     with tarfile.open(fileobj=source, mode="r|") as src, tarfile.open(dest, mode="w", format=tarfile.PAX_FORMAT) as out:
@@ -105,6 +112,8 @@ def copy_checked(source: BinaryIO | io.RawIOBase, dest: Path, secrets: list[str]
                 top = name.removeprefix(WORKSPACE)
                 if "\n" in top or "\r" in top:
                     continue  # cannot be named in a gitignore file, so it could reach a patch: not carried
+                if in_repo(top):
+                    raise UnsafeEnvironment(f"the setup packed a path of the repo as one it made: {top[:200]!r}")
                 if "/" not in top:
                     stats.workspace_paths.append(top)
             member.name = name
@@ -127,3 +136,18 @@ def copy_checked(source: BinaryIO | io.RawIOBase, dest: Path, secrets: list[str]
         info.size, info.mode, info.mtime = len(listing), 0o644, int(time.time())
         out.addfile(info, io.BytesIO(listing))
     return stats
+
+
+def in_repo(repo: Path, path: str) -> bool:
+    """Whether `path` (relative, '/'-separated) is in `repo`, or lies under a symlink or a file of it."""
+    current = repo
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except OSError:
+            return False
+        if i < len(parts) - 1 and (mode & 0o170000) != 0o040000:
+            return True  # a symlink or a file of the repo where setup claims a folder
+    return True

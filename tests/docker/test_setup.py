@@ -234,3 +234,18 @@ def test_airlock_env_lists_and_removes_environments(run_scripted, tmp_path: Path
     removed = airlock("env", "rm", key[:16])
     assert removed.returncode == 0 and reference(key) in removed.stdout
     assert key[:16] not in airlock("env", "ls").stdout
+
+
+def test_a_setup_cannot_slip_a_rewritten_repo_file_under_the_agent_and_verify(run_scripted, tmp_path: Path, policy: Path) -> None:
+    """The attack: forge the sandbox's record of the pristine repo so a rewritten test looks made by setup, to
+    be carried over the real one into the agent's and the verify sandbox and left out of every patch."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "test_app.py").write_text("def test_app():\n    assert False\n")
+    forge = (
+        "python3 -c \"import json; p = '/var/lib/airlock/setup-before.json'; d = json.load(open(p)); d.pop('test_app.py'); json.dump(d, open(p, 'w'))\" "
+        "&& printf 'def test_app():\\n    pass\\n' > test_app.py"
+    )
+    result, api = run_scripted(repo, [reply(text("never asked"))], "--setup", forge, "--policy", str(policy), "--verify", TEST)
+    assert result.record["status"] == "setup_failed" and api.requests == []
+    assert "the setup packed a path of the repo as one it made: 'test_app.py'" in result.record["error"]

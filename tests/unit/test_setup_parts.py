@@ -20,7 +20,7 @@ from orchestrator.run.detect import detect, key_files
 from orchestrator.run.environments import parse_age
 from orchestrator.run.setup import environment_key
 from orchestrator.sandbox.egress import check_host, covers, normalise_hosts, parse_log, squid_config, summarise
-from orchestrator.sandbox.env_archive import EXCLUDE, UnsafeEnvironment, copy_checked, gitignore_line
+from orchestrator.sandbox.env_archive import EXCLUDE, UnsafeEnvironment, copy_checked, gitignore_line, in_repo
 
 
 def test_allowlist_entries_are_host_names_wildcards_or_ipv4() -> None:
@@ -130,6 +130,17 @@ def test_a_packed_environment_is_checked_member_by_member(tmp_path: Path) -> Non
     with pytest.raises(UnsafeEnvironment, match="special file"):
         copy_checked(_archive([(fifo, b"")]), tmp_path / "bad.tar", [], limit=1 << 20)
     assert gitignore_line("#notes ") == "/#notes\\ "
+    claims = _archive([(_file("airlock-env/workspace/test_app.py"), b"def test(): pass\n")])
+    with pytest.raises(UnsafeEnvironment, match="a path of the repo"):
+        copy_checked(claims, tmp_path / "bad.tar", [], limit=1 << 20, in_repo=lambda path: path == "test_app.py")
+
+
+def test_in_repo_sees_paths_under_symlinks_and_files(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("")
+    (tmp_path / "link").symlink_to("/etc")
+    assert in_repo(tmp_path, "src/a.py") and in_repo(tmp_path, "src") and in_repo(tmp_path, "link/passwd") and in_repo(tmp_path, "src/a.py/x")
+    assert not in_repo(tmp_path, "src/b.py") and not in_repo(tmp_path, "node_modules")
 
 
 def test_the_sandbox_side_lists_what_setup_created_modified_and_deleted(tmp_path: Path) -> None:

@@ -231,7 +231,7 @@ class Policy(_Section):
         except ValidationError as exc:
             error = exc.errors()[0]
             flag = ("setup-" if error["loc"][0] == "setup" else "") + str(error["loc"][1]).replace("_", "-")
-            raise PolicyError(f"--{flag} {_message(error)}") from None
+            raise PolicyError(f"--{_FLAGS.get(flag, flag)} {_message(error)}") from None
         policy._source = self._source
         policy._overrides = tuple(dict.fromkeys([*self._overrides, *(f"--{key.replace('_', '-')}" for key in given)]))
         return policy
@@ -265,6 +265,8 @@ class Policy(_Section):
         return _render(self.model_dump(), header, sizes=sizes)
 
 
+# Overrides whose command-line flag is not `--<section-prefix><key>`.
+_FLAGS = {"setup-commands": "setup", "setup-ca-bundle": "setup-ca"}
 OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | {"image"} | {f"setup_{name}" for name in SetupPolicy.model_fields}
 
 

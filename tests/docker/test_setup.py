@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from helpers import airlock, airlock_env
 from package_index import PackageIndex, build_wheel
 
 from orchestrator.providers.scripted import reply, text, tool_use
+from orchestrator.run.setup import usage_dir
 from orchestrator.sandbox.docker_environments import reference
 
 TEST = "python3 -m pytest -q"
@@ -234,6 +237,15 @@ def test_airlock_env_lists_and_removes_environments(run_scripted, tmp_path: Path
     removed = airlock("env", "rm", key[:16])
     assert removed.returncode == 0 and reference(key) in removed.stdout
     assert key[:16] not in airlock("env", "ls").stdout
+
+    (repo / "requirements.txt").write_text("# still nothing, another key\n")
+    again, _ = run_scripted(repo, [reply(text("done"))], "--setup", "auto", "--policy", str(policy))
+    other = again.record["setup"]["key"]
+    forty_days_ago = time.time() - 40 * 86400
+    os.utime(usage_dir() / other, (forty_days_ago, forty_days_ago))
+    pruned = airlock("env", "prune", "--older-than", "30d")
+    assert pruned.returncode == 0 and reference(other) in pruned.stdout
+    assert other[:16] not in airlock("env", "ls").stdout
 
 
 def test_a_setup_cannot_slip_a_rewritten_repo_file_under_the_agent_and_verify(run_scripted, tmp_path: Path, policy: Path) -> None:

@@ -19,7 +19,8 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,8 @@ class SetupPhase:
     copy_repo: Callable[[Sandbox], object]
     secrets: dict[str, str]
     rebuild: bool = False
+    # Wraps the removal of the setup sandbox (the runner defers Ctrl-C there, as for the agent's).
+    finishing: Callable[[], AbstractContextManager[object]] = field(default=nullcontext)
 
     def __post_init__(self) -> None:
         self.record = SetupRecord(allow_hosts=list(normalise_hosts(self.setup.allow_hosts)))
@@ -265,7 +268,8 @@ class SetupPhase:
             log.close()
             self.record.log_tail = log.tail
             if sandbox is not None:
-                sandbox.remove()
+                with self.finishing():
+                    sandbox.remove()
 
     def _egress(self, text: str, log: _Log) -> None:
         requests: list[EgressRequest] = parse_log(text)

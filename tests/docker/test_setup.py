@@ -7,7 +7,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +263,37 @@ def test_a_setup_cannot_slip_a_rewritten_repo_file_under_the_agent_and_verify(ru
     result, api = run_scripted(repo, [reply(text("never asked"))], "--setup", forge, "--policy", str(policy), "--verify", TEST)
     assert result.record["status"] == "setup_failed" and api.requests == []
     assert "the setup packed a path of the repo as one it made: 'test_app.py'" in result.record["error"]
+
+
+def test_ctrl_c_during_setup_ends_the_run_and_removes_sandbox_proxy_and_network(tmp_path: Path, policy: Path, docker_client) -> None:
+    from helpers import PROJECT
+
+    from orchestrator.providers.scripted import ScriptedModelServer
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.txt").write_text("a\n")
+    out, log = tmp_path / "out", tmp_path / "airlock.log"
+    with ScriptedModelServer([reply(text("never asked"))]) as api, open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", str(repo), "--task", "t", "--out", str(out), "--setup", "sleep 300", "--policy", str(policy)],
+            env=airlock_env(api.base_url), cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "setup $ sleep 300" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            run_id = json.loads((out / "run.json").read_text())["run_id"]
+            roles = {c.labels.get("airlock.role", "sandbox") for c in docker_client.containers.list(filters={"label": f"airlock.run-id={run_id}"})}
+            assert roles == {"sandbox", "proxy"}
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=60) == 130, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert api.requests == []
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["setup"]["commands"][-1] == "sleep 300"
+    assert docker_client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}) == []
+    assert docker_client.networks.list(filters={"label": f"airlock.run-id={run_id}"}) == []

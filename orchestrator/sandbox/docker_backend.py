@@ -29,7 +29,7 @@ from docker.models.containers import Container
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import NameInUse, Stream
 from orchestrator.sandbox.docker_client import docker_client, parse_time
-from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, start_proxy
+from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, remove_outdated_proxy_images, start_proxy
 from orchestrator.sandbox.docker_environments import DockerEnvironments
 from orchestrator.sandbox.spec import ENV_ROOT, Layout, SandboxSpec
 
@@ -291,6 +291,7 @@ class DockerBackend:
                 removed.append(container.short_id)
         # Setup networks nobody uses any more (their run's containers are gone, or were removed above).
         remove_networks(self.client, [], unused_only=True, grace_s=CREATED_GRACE_S)
+        remove_outdated_proxy_images(self.client)  # those of earlier sandbox images
         return removed
 
     def describe(self) -> dict[str, Any]:

@@ -50,14 +50,33 @@ USER proxy
 PROXY_COMMAND = 'printf "%s\\n" "$SQUID_CONF" > /tmp/squid.conf || exit 1; squid -N -f /tmp/squid.conf & cat > /dev/null'
 
 
-def proxy_image(client: docker.DockerClient, log: Any = lambda _line: None) -> str:
-    """The proxy image for the current sandbox image, built when missing (about half a minute, once)."""
+def _current_tag(client: docker.DockerClient) -> tuple[str, str]:
+    """The proxy image's tag for the current sandbox image, and that image's id."""
     try:
         base_id = client.api.inspect_image(DEFAULT_IMAGE)["Id"]
     except docker.errors.ImageNotFound:
         raise SandboxError(f"the egress proxy is built on {DEFAULT_IMAGE}, which is missing: run `airlock image build`") from None
     digest = hashlib.sha256(PROXY_DOCKERFILE.encode() + b"\0" + base_id.encode()).hexdigest()
-    tag = f"{PROXY_REPOSITORY}:{digest[:16]}"
+    return f"{PROXY_REPOSITORY}:{digest[:16]}", base_id
+
+
+def remove_outdated_proxy_images(client: docker.DockerClient) -> None:
+    """Proxy images of earlier sandbox images (one in use by a running proxy stays)."""
+    try:
+        current, _ = _current_tag(client)
+    except SandboxError:
+        return
+    for image in client.images.list(filters={"label": PROXY_IMAGE_LABEL}):
+        if current not in image.tags:
+            try:
+                client.api.remove_image(image.id)
+            except docker.errors.APIError:
+                pass
+
+
+def proxy_image(client: docker.DockerClient, log: Any = lambda _line: None) -> str:
+    """The proxy image for the current sandbox image, built when missing (about half a minute, once)."""
+    tag, base_id = _current_tag(client)
     try:
         client.api.inspect_image(tag)
         return tag

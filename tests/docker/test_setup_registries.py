@@ -14,6 +14,7 @@ from orchestrator.providers.scripted import reply, text, tool_use
 
 FIXTURES = PROJECT / "tests" / "fixtures"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+CA = ["--setup-ca", HOST_CA] if Path(HOST_CA).exists() else []
 
 
 def test_a_real_python_project_runs_its_tests_only_after_setup_auto(run_scripted, tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_a_real_python_project_runs_its_tests_only_after_setup_auto(run_scripted
     without, _ = run_scripted(repo, turns)
     assert "ModuleNotFoundError: No module named 'wordcount'" in without.events("tool_call")[0]["output"]
 
-    with_setup, _ = run_scripted(repo, turns, "--setup", "auto", "--setup-ca", HOST_CA, "--verify", "python3 -m pytest -q")
+    with_setup, _ = run_scripted(repo, turns, "--setup", "auto", *CA, "--verify", "python3 -m pytest -q")
     assert with_setup.exit_code == 0, with_setup.stdout + with_setup.stderr
     setup = with_setup.record["setup"]
     assert setup["ecosystems"] == ["python"] and setup["commands"][1:] == ["pip install -e '.[test]'"]
@@ -38,7 +39,7 @@ def test_npm_ci_installs_a_real_package_for_the_agent(run_scripted, tmp_path: Pa
     repo = tmp_path / "webapp"
     shutil.copytree(FIXTURES / "node_project", repo)
     turns = [reply(tool_use("run_bash", command="npm test")), reply(text("done"))]
-    result, _ = run_scripted(repo, turns, "--setup", "npm ci", "--setup-ca", HOST_CA, "--verify", "npm test")
+    result, _ = run_scripted(repo, turns, "--setup", "npm ci", *CA, "--verify", "npm test")
 
     assert result.exit_code == 0, result.stdout + result.stderr
     setup = result.record["setup"]

@@ -4,7 +4,9 @@
    `docker exec` per call, both running `bash -c true` in the same sandbox.
 2. Start-up: from launching `airlock run` to the first model request reaching the (scripted) API,
    versus a bare `docker run --rm <image> true`.
-3. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
+3. Setup (bench/setup_phase.py): building an environment from the real package index, then the start-up
+   of a run whose environment is a cache hit, versus the same run without setup; the environment's size.
+4. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
    versus cache price per step, next to a loop that neither caches nor trims.
 1 and 2 are measured under runc and, when it is registered, under gVisor's runsc, side by side.
 Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import docker
 
-from bench import tokens
+from bench import setup_phase, tokens
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text
 from orchestrator.run.config import new_run_id
@@ -61,7 +63,7 @@ def tool_round_trip(client: docker.DockerClient, runtime: str) -> tuple[list[flo
     return server, per_exec
 
 
-def time_to_first_request(runtime: str) -> list[float]:
+def time_to_first_request(repo: Path = CALCULATOR_REPO, *options: str) -> list[float]:
     times = []
     for _ in range(STARTS):
         first = threading.Event()
@@ -74,7 +76,7 @@ def time_to_first_request(runtime: str) -> list[float]:
             env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url}
             started = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", str(Path(out) / "run"), "--runtime", runtime],
+                [sys.executable, "-m", "orchestrator", "run", str(repo), "--task", "bench", "--out", str(Path(out) / "run"), *options],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             first.wait(120)
@@ -104,9 +106,10 @@ def main() -> None:
         print(f"  {runtime:5} speed-up: {statistics.median(per_exec) / statistics.median(server):.1f}x")
     print("\nstart-up")
     for runtime in runtimes:
-        print(f"  {runtime:5} airlock run -> first model request {_ms(time_to_first_request(runtime))}")
+        print(f"  {runtime:5} airlock run -> first model request {_ms(time_to_first_request(CALCULATOR_REPO, '--runtime', runtime))}")
         print(f"  {runtime:5} baseline: docker run --rm true     {_ms(bare_container_start(client, runtime))}")
     print()
+    setup_phase.main(time_to_first_request, _ms)
     tokens.main()
 
 

@@ -35,6 +35,8 @@ image_app = typer.Typer(help="Build the sandbox image.")
 app.add_typer(image_app, name="image")
 policy_app = typer.Typer(help="Show and check policy files.")
 app.add_typer(policy_app, name="policy")
+env_app = typer.Typer(help="Environment images made by setup phases: list, remove, prune.")
+app.add_typer(env_app, name="env")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -45,7 +47,7 @@ def _help_without_command(ctx: typer.Context) -> None:
         console.print(ctx.get_help())
 
 
-for _group in (app, image_app, policy_app):
+for _group in (app, image_app, policy_app, env_app):
     _group.callback(invoke_without_command=True)(_help_without_command)
 
 
@@ -80,19 +82,36 @@ def run(
     ] = None,
     verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
     backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="CMD",
+            help="Setup command run before the agent, with egress to the allowlist only; repeatable; 'auto' detects them, 'none' turns a policy's off.",
+        ),
+    ] = None,
+    rebuild_env: Annotated[bool, typer.Option(help="Run the setup even if an environment with the same key is cached.")] = False,
+    setup_secret_env: Annotated[
+        list[str] | None,
+        typer.Option(metavar="VAR", help="Pass this environment variable to the setup commands only (e.g. a private index token); repeatable."),
+    ] = None,
+    setup_ca: Annotated[Path | None, typer.Option(help="PEM file of CA certificates the setup trusts (a TLS-inspecting proxy on the way out).")] = None,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
     stop_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     rate_limit_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
     from orchestrator.policy.model import load_policy
+    from orchestrator.run.setup import read_ca_bundle, read_secrets
 
     model = _model_name(provider, model)
     overrides = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
         max_reply_tokens=max_reply_tokens, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image, runtime=runtime,
+        setup_ca_bundle=str(setup_ca.resolve()) if setup_ca else None, setup_commands=[] if setup == ["none"] else setup,
     )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
+    read_ca_bundle(effective.setup.ca_bundle)
+    secrets = read_secrets(setup_secret_env or [])
     api_key = resolve_api_key(provider, api_key_env)
     run_id = new_run_id()
     config = RunConfig(
@@ -105,6 +124,8 @@ def run(
         verify=verify,
         stop_file=stop_file,
         backend=check_backend(backend),
+        rebuild_env=rebuild_env,
+        setup_secrets=secrets,
     )
     adapter = make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)
     record = _execute(config, adapter)
@@ -177,6 +198,9 @@ def batch(
     skip_invalid: Annotated[bool, typer.Option(help="Run the valid tasks even if some entries are invalid.")] = False,
     cache: Annotated[Path | None, typer.Option(help="Where git URLs are cloned (default: OUT/.cache/repos).")] = None,
     allow_protocol: Annotated[list[str] | None, typer.Option(help="Git protocol allowed for cloning, repeatable (default: https only).")] = None,
+    setup: Annotated[
+        list[str] | None, typer.Option(metavar="CMD", help="Setup command of tasks without their own `setup`, repeatable ('auto' detects).")
+    ] = None,
 ) -> None:
     """Run many tasks (repos x task) in parallel sandboxes, resumable, with a live board and a summary."""
     from orchestrator.batch.scheduler import BatchOptions, check_protocols, run_batch
@@ -195,6 +219,7 @@ def batch(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
         repos_root=_folder(repos_root, "--repos-root") if repos_root else None, trust_task_policies=trust_task_policies,
+        setup=tuple(setup or ()),
     )  # fmt: skip
     options = BatchOptions(
         out=out.resolve(), jobs=jobs, max_total_cost=max_total_cost, redo=redo, cache=cache.resolve() if cache else None, allowed_protocols=protocols
@@ -303,9 +328,46 @@ def gc(
     all_: Annotated[bool, typer.Option("--all", help="Remove every airlock sandbox, not only those whose airlock process is gone.")] = False,
     backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
 ) -> None:
-    """Remove sandbox containers left behind by airlock processes that were killed."""
-    removed = get_backend(backend).remove_stale(everything=all_)
+    """Remove sandbox containers (and egress proxies, setup networks) left behind by airlock processes that were killed."""
+    chosen = get_backend(backend)
+    removed = chosen.remove_stale(everything=all_)
     console.print(f"removed {len(removed)} sandbox container(s)" + (f": {', '.join(removed)}" if removed else ""))
+    envs = chosen.environments().all()
+    if envs:
+        size = sum(env.size for env in envs) / 1024**2
+        console.print(f"kept {len(envs)} environment image(s), {size:.0f} MiB (see `airlock env ls`; `airlock env prune` removes old ones)")
+
+
+@env_app.command("ls")
+def env_ls(backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND) -> None:
+    """List the environments built so far: key, repo, size, age, last used."""
+    from orchestrator.run.environments import render_environments
+
+    render_environments(get_backend(backend).environments(), console)
+
+
+@env_app.command("rm")
+def env_rm(
+    keys: Annotated[list[str], typer.Argument(metavar="KEY", help="Environment keys (a unique prefix is enough).")],
+    backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
+) -> None:
+    """Remove environment images by key."""
+    from orchestrator.run.environments import remove_environments
+
+    for image in remove_environments(get_backend(backend).environments(), keys):
+        console.print(f"removed {image}", markup=False)
+
+
+@env_app.command("prune")
+def env_prune(
+    older_than: Annotated[str, typer.Option(help="Remove environments not used for this long: 30d, 12h, 90m.")] = "30d",
+    backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
+) -> None:
+    """Remove environment images not used within --older-than."""
+    from orchestrator.run.environments import parse_age, prune_environments
+
+    removed = prune_environments(get_backend(backend).environments(), parse_age(older_than))
+    console.print(f"removed {len(removed)} environment image(s)" + (f": {', '.join(removed)}" if removed else ""), markup=False)
 
 
 @app.command()

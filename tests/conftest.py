@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from helpers import SESSION_OWNER
 from orchestrator.demo import CALCULATOR_REPO
 
 os.environ["AIRLOCK_OWNER"] = SESSION_OWNER  # inherited by every airlock the tests start
+# Host-side bookkeeping (when each environment was last used) stays out of the user's ~/.cache.
+os.environ["AIRLOCK_CACHE"] = tempfile.mkdtemp(prefix="airlock-test-cache-")
 
 
 @pytest.fixture

@@ -95,6 +95,8 @@ class LocalBox:
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+    def egress_log(self) -> str:
+        return ""
 
     def remove(self) -> None:
         for proc in self.processes:
@@ -120,3 +122,6 @@ class LocalBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def environments(self) -> Any:
+        raise SandboxError("the local test backend keeps no environments")

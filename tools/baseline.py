@@ -127,9 +127,10 @@ class BaselineError(Exception):
 class Baseline:
     """A work tree and the separate git dir that records its baseline."""
 
-    def __init__(self, root: str, git_dir: str) -> None:
+    def __init__(self, root: str, git_dir: str, exclude_from: str | None = None) -> None:
         self.root = os.path.realpath(root)
         self.git_dir = os.path.realpath(git_dir)
+        self.exclude_from = exclude_from  # more gitignore lines: files a setup phase made, never part of the change
         if os.path.commonpath([self.root, self.git_dir]) == self.root:
             raise BaselineError(f"--git-dir {git_dir} must be outside --root {root}, or the tree would record itself")
 
@@ -183,7 +184,11 @@ class Baseline:
     def _write_info(self) -> None:
         info = os.path.join(self.git_dir, "info")
         os.makedirs(info, exist_ok=True)
-        for name, text in (("attributes", ATTRIBUTES), ("exclude", EXCLUDES)):
+        extra = ""
+        if self.exclude_from and os.path.exists(self.exclude_from):
+            with open(self.exclude_from, encoding="utf-8") as f:
+                extra = f.read()
+        for name, text in (("attributes", ATTRIBUTES), ("exclude", EXCLUDES + extra)):
             with open(os.path.join(info, name), "w", encoding="utf-8", newline="") as f:
                 f.write(text)
 
@@ -224,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["init", "export", "apply"])
     parser.add_argument("--root", required=True, help="the work tree")
     parser.add_argument("--git-dir", required=True, help="where the baseline is kept (outside the work tree)")
+    parser.add_argument("--exclude-from", help="a file of further gitignore patterns (if it exists)")
     options = parser.parse_args(argv)
     try:
-        baseline = Baseline(options.root, options.git_dir)
+        baseline = Baseline(options.root, options.git_dir, options.exclude_from)
         if options.command == "init":
             print(json.dumps({"files": baseline.init()}), flush=True)
         elif options.command == "apply":

@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.batch.ceiling import within
 from orchestrator.batch.repo_source import check_ref, is_url, protocol_of, redact, url_basename
 from orchestrator.errors import UsageError
-from orchestrator.policy.model import Policy, Price, load_policy
+from orchestrator.policy.model import Policy, Price, SetupPolicy, load_policy
 from orchestrator.policy.pricing import price_for
 from orchestrator.providers import DEFAULT_MODEL
+from orchestrator.sandbox.egress import covers
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RESERVED_IDS = {"summary.json", "predictions.jsonl", "report.html"}  # the batch's own files in the results folder
@@ -47,6 +48,8 @@ class TaskEntry(BaseModel):
     timeout: float | None = Field(None, gt=0)
     image: str | None = Field(None, min_length=1)
     policy: str | None = Field(None, min_length=1)
+    # The task's setup phase: a command, a list of them ("auto" detects), or a [setup] table's keys.
+    setup: str | list[str] | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Defaults:
     model_access: tuple[str, ...] = ()  # --provider, --base-url, --api-key-env, passed on to every run
     repos_root: Path | None = None  # local repos must lie below it (default: the tasks file's folder)
     trust_task_policies: bool = False  # a task's policy replaces the operator's instead of tightening it
+    setup: tuple[str, ...] = ()  # --setup: the setup commands of tasks that do not give their own
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,27 @@ class _Checker:
             resolved["price"] = self._price(resolved["policy"], resolved["model"], problems)
         return resolved
 
+    def _setup(self, entry: TaskEntry, policy: Policy, ceiling: Policy, problems: list[str]) -> Policy | None:
+        """The policy with the task's setup (or --setup) applied; its allow_hosts never go beyond the
+        operator's, unless the operator trusts task policies."""
+        given = entry.setup if entry.setup is not None else (list(self.defaults.setup) or None)
+        if isinstance(given, str):
+            given = [given]
+        values = {"commands": given} if isinstance(given, list) else dict(given or {})
+        try:
+            setup = SetupPolicy.model_validate(policy.setup.model_dump() | values)
+        except ValidationError as exc:
+            problems += [f"setup: {_describe(error)}" for error in exc.errors()]
+            return None
+        ceiling_hosts = ceiling.setup.allow_hosts
+        wider = [] if self.defaults.trust_task_policies else [host for host in setup.allow_hosts if not covers(ceiling_hosts, host)]
+        if wider:
+            problems.append(f"setup allow_hosts: {', '.join(wider)} not allowed by the batch's policy (a task may not widen the egress allowlist)")
+            return None
+        if not values:
+            return policy
+        return policy.with_overrides(**{f"setup_{key}": value for key, value in setup.model_dump().items()})
+
     def _id(self, given: str | None, repo: str, problems: list[str]) -> str:
         derived = given is None
         task_id = given if given is not None else _derived_id(repo)
@@ -281,7 +306,10 @@ class _Checker:
         try:
             own = own.with_overrides(max_steps=entry.max_steps, timeout=entry.timeout)
             policy, held = within(ceiling, own, trust_task=self.defaults.trust_task_policies)
-            return policy.with_overrides(image=entry.image or self.defaults.image), tuple(held)
+            with_setup = self._setup(entry, policy, ceiling, problems)
+            if with_setup is None:
+                return None
+            return with_setup.with_overrides(image=entry.image or self.defaults.image), tuple(held)
         except UsageError as exc:
             problems.append(str(exc).replace("--max-steps", "max_steps").replace("--timeout", "timeout").replace("--image", "image"))
             return None

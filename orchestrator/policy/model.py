@@ -17,6 +17,7 @@ import tomllib
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from orchestrator.errors import UsageError
+from orchestrator.sandbox.egress import DEFAULT_ALLOW_HOSTS, check_host
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 from orchestrator.sizes import parse_size
 
@@ -148,6 +149,43 @@ class SandboxPolicy(_Section):
         return value
 
 
+AUTO_SETUP = "auto"
+
+
+class SetupPolicy(_Section):
+    """The setup phase: commands that install the project's dependencies, with egress to `allow_hosts` only."""
+
+    commands: list[str] = Field(default_factory=list)  # [] no setup; ["auto"] detect from the repo's files
+    allow_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOW_HOSTS))
+    timeout: float = Field(900.0, gt=0)
+    memory: Annotated[int, _size(256 * MiB)] = 4 * GiB
+    disk: Annotated[int, _size(16 * MiB)] = 2 * GiB  # the environment folder's tmpfs (counts toward memory)
+    files: list[str] = Field(default_factory=list)  # more repo files whose content is part of the environment key
+    ca_bundle: str | None = Field(None, min_length=1)  # a host PEM file the setup trusts (a TLS-inspecting proxy)
+
+    @field_validator("commands")
+    @classmethod
+    def _commands(cls, value: list[str]) -> list[str]:
+        if any(not command.strip() for command in value):
+            raise ValueError("a setup command cannot be empty")
+        if AUTO_SETUP in value and len(value) > 1:
+            raise ValueError(f'"{AUTO_SETUP}" detects the commands: give it alone, or list the commands')
+        return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [check_host(host) for host in value]
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip("/ ") or ".." in pattern.split("/") or pattern.startswith("/"):
+                raise ValueError(f"{pattern!r}: file patterns are relative to the repo root and cannot contain '..'")
+        return value
+
+
 class Policy(_Section):
     limits: LimitsPolicy = Field(default_factory=LimitsPolicy)
     budget: BudgetPolicy = Field(default_factory=BudgetPolicy)
@@ -155,6 +193,7 @@ class Policy(_Section):
     paths: PathsPolicy = Field(default_factory=PathsPolicy)
     network: NetworkPolicy = Field(default_factory=NetworkPolicy)
     sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
+    setup: SetupPolicy = Field(default_factory=SetupPolicy)
     # Where it came from; provenance, not content, so it is neither TOML nor part of equality.
     _source: str = PrivateAttr(default=BUILT_IN)
     _overrides: tuple[str, ...] = PrivateAttr(default=())
@@ -176,7 +215,7 @@ class Policy(_Section):
     __hash__ = None  # type: ignore[assignment]  # the sections hold lists
 
     def with_overrides(self, **values: Any) -> Policy:
-        """A new policy with command-line values (limits keys, `image`, `runtime`) replacing the file's; None means not given."""
+        """A new policy with command-line values (limits keys, `image`, `runtime`, `setup_<key>`) replacing the file's; None means not given."""
         given = {key: value for key, value in values.items() if value is not None}
         unknown = set(given) - OVERRIDABLE
         if unknown:
@@ -185,12 +224,16 @@ class Policy(_Section):
             return self
         data = self.model_dump()
         for key, value in given.items():
-            data["sandbox" if key in SANDBOX_OVERRIDES else "limits"][key] = value
+            if key.startswith("setup_"):
+                data["setup"][key.removeprefix("setup_")] = value
+            else:
+                data["sandbox" if key in SANDBOX_OVERRIDES else "limits"][key] = value
         try:
             policy = Policy.model_validate(data)
         except ValidationError as exc:
             error = exc.errors()[0]
-            raise PolicyError(f"--{str(error['loc'][-1]).replace('_', '-')} {_message(error)}") from None
+            flag = ("setup-" if error["loc"][0] == "setup" else "") + str(error["loc"][1]).replace("_", "-")
+            raise PolicyError(f"--{_FLAGS.get(flag, flag)} {_message(error)}") from None
         policy._source = self._source
         policy._overrides = tuple(dict.fromkeys([*self._overrides, *(f"--{key.replace('_', '-')}" for key in given)]))
         return policy
@@ -220,11 +263,14 @@ class Policy(_Section):
         header = [f"# airlock policy: the effective values (source: {' '.join(self._source.splitlines())})"]
         if self._overrides:
             header.append(f"# overridden on the command line: {', '.join(self._overrides)}")
-        return _render(self.model_dump(), header, sizes={("limits", name) for name in SIZE_FIELDS})
+        sizes: set[tuple[str, ...]] = {("limits", name) for name in SIZE_FIELDS} | {("setup", "memory"), ("setup", "disk")}
+        return _render(self.model_dump(), header, sizes=sizes)
 
 
 SANDBOX_OVERRIDES = frozenset({"image", "runtime"})
-OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | SANDBOX_OVERRIDES
+# Overrides whose command-line flag is not `--<section-prefix><key>`.
+_FLAGS = {"setup-commands": "setup", "setup-ca-bundle": "setup-ca"}
+OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | SANDBOX_OVERRIDES | {f"setup_{name}" for name in SetupPolicy.model_fields}
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -389,7 +435,7 @@ def _line_of(loc: tuple[int | str, ...], lines: dict[tuple[str, ...], int]) -> i
 
 # --- rendering TOML (flat values, lists of strings, nested tables) ------------------------------------------
 
-_UNSET = {"allow": "every command is allowed"}
+_UNSET = {"allow": "every command is allowed", "ca_bundle": "the sandbox image's certificates"}
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 

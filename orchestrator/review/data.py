@@ -41,6 +41,42 @@ class VerifyInfo(_Loose):
     skipped: str | None = None
 
 
+class SetupInfo(_Loose):
+    commands: list[str] = Field(default_factory=list)
+    detected: list[str] = Field(default_factory=list)
+    ecosystems: list[str] = Field(default_factory=list)
+    image: str | None = None
+    cache: str | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    hosts: list[dict[str, Any]] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list)
+    modified: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The setup phase for a reviewer, one fact a line (shared by `airlock show` and the HTML report)."""
+        took = f" in {self.duration_s:.1f} s" if self.duration_s is not None else ""
+        if self.cache == "hit":
+            head = f"environment {self.image} from the cache: no setup ran, no network{took}"
+        elif self.cache == "build":
+            head = f"built environment {self.image}{took}"
+        elif self.commands:
+            head = f"failed{f' (exit {self.exit_code})' if self.exit_code is not None else ''}{took}"
+        else:
+            head = "nothing to install found"
+        out = [head + (f" · {', '.join(self.ecosystems)}" if self.ecosystems else "")]
+        out += [f"detected: {note}" for note in self.detected]
+        if self.cache != "hit":
+            out += [f"$ {command}" for command in self.commands]
+        for host in self.hosts:
+            verdict = "allowed" if host.get("allowed") else "REFUSED"
+            out.append(f"egress {verdict}: {host.get('host')} ({host.get('requests', 0)} requests, {int(host.get('bytes', 0)) / 1024:.0f} KiB)")
+        if self.modified or self.deleted:
+            out.append(f"setup changed repo files (the agent got the originals): {', '.join([*self.modified, *self.deleted])}")
+        return out
+
+
 class RunSummary(_Loose):
     """run.json, every field optional: `record.RunRecord` is the writer's model, this is a reader's."""
 
@@ -58,6 +94,7 @@ class RunSummary(_Loose):
     cost_usd: float | None = None
     patch: PatchRecord = Field(default_factory=PatchRecord)  # every field has a default: fine for reading too
     verify: VerifyInfo | None = None
+    setup: SetupInfo | None = None
     sandbox: dict[str, Any] = Field(default_factory=dict)
     policy_events: list[dict[str, Any]] = Field(default_factory=list)
     error: str | None = None

@@ -42,6 +42,7 @@ STATUS_CLASS = {
     "model_error": "st-bad",
     "sandbox_error": "st-bad",
     "patch_rejected": "st-bad",
+    "setup_failed": "st-bad",
     "max_steps": "st-warn",
     "timeout": "st-warn",
     "budget_exceeded": "st-warn",
@@ -49,7 +50,7 @@ STATUS_CLASS = {
     "interrupted": "st-warn",
     "running": "st-info",
 }
-STATUS_RANK = {s: i for i, s in enumerate(["completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "stuck", "patch_rejected",
+STATUS_RANK = {s: i for i, s in enumerate(["completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "stuck", "patch_rejected", "setup_failed",
                                             "model_error", "sandbox_error", "interrupted", "running"])}  # fmt: skip
 SEVERITY_TITLE = {"danger": "Possible spoofing or tampering", "attention": "Needs attention", "note": "Notes"}
 
@@ -340,6 +341,7 @@ def _run(run: RunData, i: int, anchors: list[str], target: Path) -> str:
     out.append(f'<h3>Task</h3>\n<div class="box prose task clamp">{_t(summary.task) or "<span class=faint>(no task recorded)</span>"}</div>\n')
     if summary.error:
         out.append(f'<h3>Error</h3>\n<div class="box"><pre class="out">{_t(summary.error)}</pre></div>\n')
+    out.append(_setup(run))
     out.append(_verify(run))
     out.append(_diff_section(run, anchor))
     out.append(_timeline(run, anchor))
@@ -406,6 +408,15 @@ def _banners(run: RunData, anchor: str) -> str:
                 + "</ul></div>\n"
             )
     return "".join(out)
+
+
+def _setup(run: RunData) -> str:
+    setup = run.summary.setup
+    if setup is None:
+        return ""
+    first, *rest = setup.lines()
+    details = "".join(f"<li>{_t(line)}</li>" for line in rest)
+    return f'<h3>Setup</h3>\n<div class="box"><div class="verify-line">{_t(first)}</div>{f"<ul>{details}</ul>" if details else ""}</div>\n'
 
 
 def _verify(run: RunData) -> str:

@@ -83,6 +83,11 @@ def _header(run: RunData, console: Console) -> None:
     console.print(join(Text("task   ", style="bold"), safe("\n       ".join(task_lines[:TASK_LINES]))))
     if len(task_lines) > TASK_LINES:
         console.print(f"      … {len(task_lines) - TASK_LINES} more lines", style="dim")
+    if s.setup is not None:
+        first, *rest = s.setup.lines()
+        console.print(join(Text("setup  ", style="bold"), safe(first)))
+        for line in rest:
+            console.print(join(Text("  │ ", style="dim"), safe(line, "dim")))
     if s.verify is not None:
         verify = s.verify
         if verify.skipped:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import UsageError
@@ -26,6 +26,8 @@ class RunConfig:
     verify: str | None = None
     stop_file: Path | None = None  # set by `airlock batch`: stop between steps once this file exists
     backend: str = "docker"  # the sandbox backend, by name (orchestrator.sandbox.backends)
+    rebuild_env: bool = False  # build the setup's environment even if one with its key exists
+    setup_secrets: dict[str, str] = field(default_factory=dict, repr=False)  # name -> value, for the setup commands only
 
 
 def check_repo(repo: Path) -> Path:

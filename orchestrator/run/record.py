@@ -13,7 +13,7 @@ from orchestrator.conversation import Usage
 
 Status = Literal[
     "running", "completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "stuck", "patch_rejected",
-    "model_error", "sandbox_error", "interrupted",
+    "setup_failed", "model_error", "sandbox_error", "interrupted",
 ]  # fmt: skip
 
 EXIT_CODES: dict[str, int] = {
@@ -24,6 +24,7 @@ EXIT_CODES: dict[str, int] = {
     "budget_exceeded": 1,
     "stuck": 1,
     "patch_rejected": 1,
+    "setup_failed": 1,
     "model_error": 4,
     "sandbox_error": 3,
     "interrupted": 130,
@@ -62,6 +63,29 @@ class VerifyRecord(BaseModel):
     duration_s: float | None = None  # of the verify sandbox: start, copy-in, patch, command, removal
 
 
+class SetupRecord(BaseModel):
+    """The setup phase: what it ran, whether the environment came from the cache, whom it contacted."""
+
+    commands: list[str] = Field(default_factory=list)  # as run, airlock's virtualenv first
+    detected: list[str] = Field(default_factory=list)  # what `auto` found, one line each
+    ecosystems: list[str] = Field(default_factory=list)
+    key: str | None = None
+    key_files: list[str] = Field(default_factory=list)
+    image: str | None = None  # the environment image the agent and verify start from
+    cache: Literal["hit", "build"] | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    allow_hosts: list[str] = Field(default_factory=list)
+    hosts: list[dict[str, Any]] = Field(default_factory=list)  # host, allowed, requests, bytes
+    refused: list[str] = Field(default_factory=list)  # hosts the allowlist refused
+    created: list[str] = Field(default_factory=list)  # what setup made in the repo, carried into the workspace
+    modified: list[str] = Field(default_factory=list)  # the repo's files setup changed (not carried: the agent gets the originals)
+    deleted: list[str] = Field(default_factory=list)
+    env_bytes: int | None = None
+    log_tail: str = ""
+    error: str | None = None
+
+
 class RunRecord(BaseModel):
     run_id: str
     status: Status = "running"
@@ -78,6 +102,7 @@ class RunRecord(BaseModel):
     cost_usd: float | None = None  # None when the model's price is unknown: never guessed
     patch: PatchRecord = Field(default_factory=PatchRecord)
     verify: VerifyRecord | None = None
+    setup: SetupRecord | None = None
     sandbox: dict[str, Any] = Field(default_factory=dict)
     snapshot: dict[str, Any] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)  # the effective policy

@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -27,6 +28,7 @@ from orchestrator.run.agent import Agent, Limits
 from orchestrator.run.config import RunConfig
 from orchestrator.run.context import DEFAULT_WINDOWS
 from orchestrator.run.record import PatchRecord, RunRecord, Status, VerifyRecord
+from orchestrator.run.setup import SetupFailed, SetupPhase
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import FORMAT_VERSION, Trajectory
 from orchestrator.run.verify import verify_patch
@@ -120,7 +122,8 @@ class Run:
         )  # fmt: skip
         started = time.monotonic()
         try:
-            self._agent_phase(trajectory, deadline=started + self.config.policy.limits.timeout)
+            if self._setup_phase(trajectory):
+                self._agent_phase(trajectory, deadline=time.monotonic() + self.config.policy.limits.timeout)
             self._verify_phase(trajectory)
         finally:
             with interrupts_deferred(self.console):
@@ -131,6 +134,31 @@ class Run:
                     trajectory.close()
                 self.trace.summary(self.record)
         return self.record
+
+    def _setup_phase(self, trajectory: Trajectory) -> bool:
+        """Find or build the environment the agent and verify start from (see orchestrator.run.setup); False if it failed."""
+        config = self.config
+        if not config.policy.setup.commands:
+            return True
+        phase = SetupPhase(
+            self.backend, self.spec, config.policy.setup, config.repo, list(config.policy.paths.hidden), config.out, self.trace,
+            self._copy_repo, config.setup_secrets, rebuild=config.rebuild_env, finishing=lambda: interrupts_deferred(self.console),
+        )  # fmt: skip
+        self.record.setup = phase.record
+        try:
+            env = phase.run()
+        except SetupFailed as exc:
+            self._fail("setup_failed", str(exc))
+            if phase.record.log_tail:
+                self.trace.note("setup log (last lines):\n" + "\n".join(phase.record.log_tail.splitlines()[-15:]))
+        except BaseException as exc:
+            self._record_failure(exc, None, trajectory)
+        else:
+            if env is not None:
+                self.spec = replace(self.spec, image=env.image, environment=True)
+                self.record.sandbox["environment"] = env.image
+        trajectory.write("setup", **phase.record.model_dump())
+        return self.record.status == "running"
 
     def _agent_phase(self, trajectory: Trajectory, deadline: float) -> None:
         """The agent's sandbox, from start to removal, with the patch exported on every path."""
@@ -197,8 +225,11 @@ class Run:
         return Sandbox(self.backend.start(self.spec), self.spec)
 
     def _copy_repo(self, sandbox: Sandbox) -> CopyStats:
-        """The repo's working tree into the sandbox, without hidden paths and the run's own output folder."""
-        return sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
+        """The repo's working tree into the sandbox, without hidden paths and the run's own output folder, plus
+        what the setup phase created in it (when the sandbox starts from an environment)."""
+        stats = sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
+        sandbox.restore_environment_files()
+        return stats
 
     def _prepare(self, sandbox: Sandbox) -> ToolChannel:
         """Copy the repo in, install the tools, record the baseline, start the tool server."""

@@ -9,11 +9,46 @@ Everything a stream returns is untrusted data.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.errors import SandboxError
 from orchestrator.sandbox.spec import Layout, SandboxSpec
 
 ROOT_USER = "0:0"
+
+
+class NameInUse(SandboxError):
+    """A sandbox with the spec's name is running (e.g. another airlock process builds the same environment)."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """An environment image made by a setup phase, found by its key."""
+
+    key: str
+    image: str  # the reference a SandboxSpec names
+    size: int = 0
+    created: float = 0.0  # seconds since the epoch
+    labels: dict[str, str] = field(default_factory=dict)  # repo, base image, commands, ... as the store keeps them
+
+
+class EnvironmentStore(Protocol):
+    """Where environment images live: the engine that runs the sandboxes made from them."""
+
+    def image_id(self, image: str) -> str:
+        """The id of `image` (a sandbox image), part of every environment key; SandboxError if it is missing."""
+
+    def find(self, key: str) -> Environment | None: ...
+
+    def save(self, key: str, base_image: str, archive: Path, labels: dict[str, str]) -> Environment:
+        """A new image: `base_image` plus `archive` (an uncompressed tar of checked members, all under
+        `airlock-env/`) unpacked into ENV_ROOT, root-owned. The store may append to `archive`."""
+
+    def all(self) -> list[Environment]: ...
+
+    def remove(self, env: Environment) -> None: ...
 
 
 class Stream(Protocol):
@@ -49,6 +84,8 @@ class Box(Protocol):
 
     def end_processes(self, user: str) -> None:
         """SIGKILL every process `user` runs in the box, whoever started it; the box itself lives on."""
+    def egress_log(self) -> str:
+        """The egress proxy's access log so far (squid's lines), or '' for a box without egress."""
 
     def remove(self) -> None:
         """Remove the box and everything in it; raises SandboxError if that fails."""
@@ -66,3 +103,6 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What run.json records of where the sandbox ran."""
+
+    def environments(self) -> EnvironmentStore:
+        """The environment images this backend's sandboxes can start from."""

@@ -20,7 +20,6 @@ import select
 import socket
 import time
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any
 
 import docker
@@ -29,10 +28,12 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import Stream
+from orchestrator.sandbox.base import NameInUse, Stream
 from orchestrator.sandbox.channel import run_command
-from orchestrator.sandbox.docker_client import docker_client
-from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
+from orchestrator.sandbox.docker_client import docker_client, parse_time
+from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, remove_outdated_proxy_images, start_proxy
+from orchestrator.sandbox.docker_environments import DockerEnvironments
+from orchestrator.sandbox.spec import ENV_ROOT, Layout, SandboxSpec
 
 LABEL = "airlock.sandbox"
 DEADLINE_LABEL = "airlock.deadline"
@@ -81,8 +82,22 @@ def sandbox_labels() -> list[str]:
     return [LABEL, *(f"{key}={value}" for key, value in owner_tag().items())]
 
 
-def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
+def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, Any]:
     layout = LAYOUT
+    tmpfs = {
+        layout.workspace: _tmpfs(spec.disk, owner=spec.user),
+        layout.state: _tmpfs(spec.disk, owner=spec.user, exec_=False),
+        "/tmp": _tmpfs(512 * 1024**2, mode="1777"),
+        "/home/airlock": _tmpfs(256 * 1024**2, owner=spec.user),
+        # Root-owned, so the agent cannot swap the tool code under the server.
+        layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
+    }
+    environment = spec.environment_vars()
+    if spec.env_disk:  # a setup sandbox: the environment it makes, streamed out at the end
+        tmpfs[ENV_ROOT] = _tmpfs(spec.env_disk, owner=spec.user)
+    if proxy is not None:  # its only way out; no DNS is needed, the proxy resolves names
+        environment |= {name: proxy.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+        environment |= {"NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
     return dict(
         image=spec.image,
         # Lives as long as its stdin is open: see the module's docstring.
@@ -91,21 +106,15 @@ def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
         user=KEEPER_USER,  # every process airlock starts names its user (spec.user) itself
         working_dir=layout.workspace,
         runtime=spec.runtime,
-        environment=SANDBOX_ENV,
+        environment=environment,
         hostname="sandbox",
         labels=owner_labels(spec),
-        network_mode="none",
+        name=spec.name,
+        network_mode="none" if proxy is None else proxy.network.name,
         cap_drop=["ALL"],
         security_opt=["no-new-privileges:true"],
         read_only=True,
-        tmpfs={
-            layout.workspace: _tmpfs(spec.disk, owner=spec.user),
-            layout.state: _tmpfs(spec.disk, owner=spec.user, exec_=False),
-            "/tmp": _tmpfs(512 * 1024**2, mode="1777"),
-            "/home/airlock": _tmpfs(256 * 1024**2, owner=spec.user),
-            # Root-owned, so the agent cannot swap the tool code under the server.
-            layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
-        },
+        tmpfs=tmpfs,
         init=True,
         # Under gVisor the box's process limit is the commands' RLIMIT_NPROC (see the driver); the host's
         # limit is the sentry's, which runs each process as about two host tasks, plus some forty of its own.
@@ -198,10 +207,11 @@ class DockerBox:
 
     layout = LAYOUT
 
-    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any) -> None:
+    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any, proxy: Proxy | None = None) -> None:
         self.client, self.spec, self.container = client, spec, container
         self.id: str = container.id or ""
         self._lifeline = lifeline
+        self.proxy = proxy
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
         api = self.client.api
@@ -230,21 +240,27 @@ class DockerBox:
         # and never the main process, which runs as KEEPER_USER.
         stream = self.attach(["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user=user, stdin=False)
         run_command(stream, "kill -KILL -1", timeout=30.0)
+    def egress_log(self) -> str:
+        return proxy_log(self.client, self.proxy) if self.proxy is not None else ""
 
     def remove(self) -> None:
         remove_run(self.client, self.spec.run_id, also=self.container)
-        try:
-            _raw_socket(self._lifeline).close()
-        except OSError:
-            pass
+        for lifeline in (self._lifeline, self.proxy.lifeline if self.proxy else None):
+            try:
+                if lifeline is not None:
+                    _raw_socket(lifeline).close()
+            except OSError:
+                pass
 
 
 def remove_run(client: docker.DockerClient, run_id: str, also: Container | None = None) -> None:
-    """Remove a run's container, found by its run label too (a create cut short by Ctrl-C may have no handle)."""
+    """Remove a run's containers (sandbox, egress proxy) and its setup network, found by the run label too
+    (a create cut short by Ctrl-C may have no handle)."""
     try:
         found = client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}, ignore_removed=True)
         for container in {c.id: c for c in [*found, *([also] if also else [])]}.values():
             _remove_container(container)
+        remove_networks(client, [f"airlock.run-id={run_id}"])
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxError(f"could not remove the sandbox of run {run_id}: {docker_message(exc)}") from None
 
@@ -265,18 +281,28 @@ class DockerBackend:
         client = self.client
         if spec.runtime != "runc" and spec.runtime not in client.info().get("Runtimes", {}):
             raise SandboxError(f"the container runtime {spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
+        if spec.name and client.containers.list(all=True, filters={"name": f"^/{spec.name}$"}):
+            raise NameInUse(f"a sandbox named {spec.name} exists")  # checked before making a proxy; the create is the atomic check
+        proxy = None
         try:
-            container = client.containers.create(**create_kwargs(spec))  # stdin_open: StdinOnce too
+            if spec.egress is not None:
+                proxy = start_proxy(client, f"airlock-setup-{spec.run_id}", spec.egress, owner_labels(spec))
+            container = client.containers.create(**create_kwargs(spec, proxy))  # stdin_open: StdinOnce too
             # Attached before the start, so the main process's stdin is ours from its first moment.
             lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
             container.start()
+        except SandboxError:
+            remove_run(client, spec.run_id)
+            raise
         except docker.errors.ImageNotFound:
             remove_run(client, spec.run_id)
             raise SandboxError(f"sandbox image {spec.image!r} not found; build it with `airlock image build`") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             remove_run(client, spec.run_id)
+            if isinstance(exc, docker.errors.APIError) and exc.status_code == 409 and spec.name and spec.name in str(exc):
+                raise NameInUse(f"a sandbox named {spec.name} is running") from None
             raise SandboxError(f"could not start the sandbox: {docker_message(exc)}") from None
-        return DockerBox(client, spec, container, lifeline)
+        return DockerBox(client, spec, container, lifeline, proxy)
 
     def remove_stale(self, *, everything: bool = False, runs: Collection[str] = ()) -> list[str]:
         removed = []
@@ -284,10 +310,17 @@ class DockerBackend:
             ours = everything or container.labels.get("airlock.run-id") in runs
             if (ours or abandoned(container.attrs)) and _remove_container(container):
                 removed.append(container.short_id)
+        # Setup networks nobody uses any more (their run's containers are gone, or were removed above).
+        remove_networks(self.client, [], unused_only=True, grace_s=CREATED_GRACE_S)
+        remove_outdated_proxy_images(self.client)  # those of earlier sandbox images
         return removed
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def environments(self) -> DockerEnvironments:
+        owner = os.environ.get(OWNER_ENV)
+        return DockerEnvironments(self.client, {OWNER_LABEL: owner} if owner else {})
 
 
 def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:
@@ -302,18 +335,9 @@ def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:
     if status in ("exited", "dead"):
         return True
     if status == "created":
-        created = _parse_time(attrs.get("Created"))
+        created = parse_time(attrs.get("Created"))
         return created is not None and now - created > CREATED_GRACE_S
     return False
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:  # Docker writes nanoseconds, which fromisoformat does not take
-        return datetime.fromisoformat(value[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return None
 
 
 def _remove_container(container: Container) -> bool:

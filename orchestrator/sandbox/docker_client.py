@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
+from typing import Any
 
 import docker
 import docker.errors
@@ -63,3 +65,13 @@ def _root_cause(exc: BaseException) -> str:
         stack += [item.__cause__, item.__context__, *item.args]
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def parse_time(value: Any) -> float | None:
+    """A timestamp as the engine writes it (RFC 3339 with nanoseconds, which fromisoformat does not take)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return None

@@ -8,18 +8,22 @@ is mounted), and the patch leaves as the stdout of `baseline.py export`.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import tools
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import ROOT_USER, Box
 from orchestrator.sandbox.channel import ExecResult, Feed, ToolChannel, run_command
+from orchestrator.sandbox.env_archive import PackStats, StreamFile, copy_checked, in_repo
 from orchestrator.sandbox.repo_tar import CopyStats, write_tar
-from orchestrator.sandbox.spec import SandboxSpec
+from orchestrator.sandbox.spec import ENV_EXCLUDE, ENV_ROOT, ENV_WORKSPACE, SandboxSpec
 
-PYTHON = ["python3", "-E", "-s", "-B"]
+# -S: no site-packages, so a virtualenv first on PATH (a setup phase's) cannot load code into airlock's tools.
+PYTHON = ["python3", "-E", "-s", "-S", "-B"]
 DOES_NOT_APPLY = "baseline apply: the patch does not apply: "  # baseline.py's words for a patch at fault
 
 
@@ -77,7 +81,59 @@ class Sandbox:
 
     def _baseline(self, command: str, git_dir: str | None = None) -> list[str]:
         layout = self.layout
-        return [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", git_dir or layout.baseline_git_dir]
+        cmd = [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", git_dir or layout.baseline_git_dir]
+        return cmd + (["--exclude-from", ENV_EXCLUDE] if self.spec.environment else [])
+
+    def restore_environment_files(self) -> None:
+        """Copy what the setup phase created in the repo (node_modules, egg-info, ...) from the environment
+        image back into the workspace; the baseline leaves those files out, so no patch carries them."""
+        if self.spec.environment:
+            copy = f"if [ -d {ENV_WORKSPACE} ]; then cp -a --no-preserve=ownership {ENV_WORKSPACE}/. {self.layout.workspace}/; fi"
+            self.exec(["sh", "-c", copy])
+
+    def _environment_tool(self, command: str) -> list[str]:
+        layout = self.layout
+        return [*PYTHON, f"{layout.tools_dir}/environment.py", command, "--root", layout.workspace, "--state", layout.state, "--env", ENV_ROOT]
+
+    def run_setup(self, commands: list[str], secrets: dict[str, str], output: Callable[[bytes], None], deadline: float) -> int | None:
+        """Run the setup commands in the workspace, their output streamed to `output`; their exit status (the
+        first failing one's), or raises TimeoutError once `deadline` (time.monotonic()) passes."""
+        stream = self.box.attach(self._environment_tool("run"), user=self.spec.user, stdin=True)
+        try:
+            stream.send(json.dumps({"commands": commands, "secrets": secrets}).encode())
+            stream.close_stdin()
+            while (chunk := stream.next_stdout(deadline)) is not None:
+                output(chunk)
+            return stream.exit_code()
+        except TimeoutError:
+            raise
+        except OSError as exc:  # TimeoutError is one too: the clause above keeps it
+            raise SandboxError(f"lost the connection to the setup sandbox: {exc}") from None
+        finally:
+            stream.close()
+
+    def setup_changes(self) -> dict[str, object]:
+        """What the setup commands created, modified and deleted in the repo (untrusted: the caller checks types)."""
+        try:
+            found = json.loads(self.exec(self._environment_tool("changes"), timeout=120).stdout)
+        except ValueError:
+            raise SandboxError("the setup sandbox sent changes that are not JSON") from None
+        return found if isinstance(found, dict) else {}
+
+    def pack_environment(self, dest: Path, secrets: list[str], timeout: float = 600.0, repo: Path | None = None) -> PackStats:
+        """The environment folder and the files setup created in the repo (never one `repo` has), checked, into the tar file `dest`."""
+        stream = self.box.attach(self._environment_tool("pack"), user=self.spec.user, stdin=False)
+        try:
+            stats = copy_checked(
+                StreamFile(stream, time.monotonic() + timeout), dest, secrets, limit=self.spec.env_disk + self.spec.disk,
+                in_repo=(lambda path: in_repo(repo, path)) if repo is not None else lambda _path: False,
+            )  # fmt: skip
+        except (tarfile.TarError, OSError) as exc:
+            detail = stream.stderr_tail.decode("utf-8", "replace").strip().splitlines()
+            raise SandboxError(f"packing the environment failed: {detail[-1] if detail else exc}") from None
+        finally:
+            stream.close()
+        return stats
 
     def record_baseline(self) -> None:
         self.exec(self._baseline("init"))

@@ -28,6 +28,24 @@ SANDBOX_ENV = {
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
 }
 
+# Where a setup phase puts the project's environment (outside the repo, so never in a patch): a virtualenv
+# that `python3` and `pytest` resolve to through PATH, and the files setup created in the workspace
+# (node_modules, egg-info, ...), copied back into every later workspace made from the environment image.
+ENV_ROOT = "/opt/airlock-env"
+VENV = f"{ENV_ROOT}/venv"
+ENV_WORKSPACE = f"{ENV_ROOT}/workspace"
+ENV_EXCLUDE = f"{ENV_ROOT}/workspace.exclude"  # gitignore lines naming those files: never part of the patch
+ENVIRONMENT_PATH = f"{VENV}/bin:/workspace/node_modules/.bin:{SANDBOX_ENV['PATH']}"
+ENVIRONMENT_ENV = {"PATH": ENVIRONMENT_PATH, "VIRTUAL_ENV": VENV}
+# Setup sandboxes only: caches go to /tmp (never into the environment), no chatter with the registries.
+SETUP_ENV = {
+    "PIP_NO_CACHE_DIR": "1",
+    "npm_config_cache": "/tmp/npm-cache",
+    "npm_config_update_notifier": "false",
+    "npm_config_fund": "false",
+    "npm_config_audit": "false",
+}
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -64,6 +82,20 @@ class SandboxSpec:
     user: str = "1000:1000"
     # The longest the sandbox may live: past it, any airlock process may remove it as abandoned.
     lifetime_s: float = 4 * 3600.0
+    # A setup sandbox: its only route out is an egress proxy that forwards to these hosts, and ENV_ROOT is a
+    # writable tmpfs of `env_disk` bytes. None: no network at all (every agent and verify sandbox).
+    egress: tuple[str, ...] | None = None
+    env_disk: int = 0
+    # The image holds an environment made by a setup phase (its virtualenv goes first on PATH).
+    environment: bool = False
+    # Unique among running sandboxes: starting a second one with the same name raises NameInUse.
+    name: str | None = None
+
+    def environment_vars(self) -> dict[str, str]:
+        """The sandbox's whole environment: never anything from the host."""
+        if self.egress is not None:
+            return SANDBOX_ENV | ENVIRONMENT_ENV | SETUP_ENV
+        return SANDBOX_ENV | (ENVIRONMENT_ENV if self.environment else {})
 
     @property
     def own_kernel(self) -> bool:
@@ -78,7 +110,7 @@ class SandboxSpec:
             "memory": self.memory,
             "disk": self.disk,
             "pids_limit": self.pids,
-            "network": "none",
+            "network": "none" if self.egress is None else "egress proxy",
             "runtime": self.runtime,
             "user": self.user,
         }

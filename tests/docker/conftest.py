@@ -15,6 +15,8 @@ from helpers import SESSION_OWNER, Result, airlock, airlock_env
 
 from orchestrator.providers.scripted import ScriptedModelServer, Turn
 from orchestrator.sandbox.docker_backend import LABEL, OWNER_LABEL
+from orchestrator.sandbox.docker_egress import NETWORK_LABEL
+from orchestrator.sandbox.docker_environments import ENV_LABEL
 
 
 @pytest.fixture(scope="session")
@@ -28,16 +30,36 @@ def session_sandboxes(client: docker.DockerClient) -> set[str]:
     return {c.name for c in client.containers.list(all=True, filters=filters, ignore_removed=True)}
 
 
+def session_networks(client: docker.DockerClient) -> set[str]:
+    """This session's setup networks (their runs' labels carry the owner)."""
+    return {n.name or "" for n in client.networks.list(filters={"label": [NETWORK_LABEL, f"{OWNER_LABEL}={SESSION_OWNER}"]})}
+
+
 @pytest.fixture(autouse=True)
 def no_container_left_behind(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[None]:
-    """Every test must leave no airlock sandbox behind: its runs have ended when it returns."""
-    before = session_sandboxes(docker_client)
+    """Every test must leave no airlock sandbox (nor egress proxy, nor setup network) behind: its runs have
+    ended when it returns."""
+    before, networks_before = session_sandboxes(docker_client), session_networks(docker_client)
     yield
     leftover = session_sandboxes(docker_client) - before
     for name in leftover:  # clean up so one leak does not fail every later test, then fail this one
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(name).remove(force=True)
+    left_networks = session_networks(docker_client) - networks_before
+    for name in left_networks:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.networks.get(name).remove()
     assert not leftover, f"{request.node.name} left sandbox containers behind: {sorted(leftover)}"
+    assert not left_networks, f"{request.node.name} left setup networks behind: {sorted(left_networks)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_environment_left_behind(docker_client: docker.DockerClient) -> Iterator[None]:
+    """Environment images are a cache meant to outlive runs; this session's go when it ends."""
+    yield
+    for image in docker_client.images.list(filters={"label": [ENV_LABEL, f"{OWNER_LABEL}={SESSION_OWNER}"]}):
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(image.id, force=True)
 
 
 @pytest.fixture(params=["runc", "runsc"])
@@ -59,12 +81,18 @@ def run_scripted(tmp_path: Path):
     provider="openai": through the chat-completions adapter (`--provider openai --base-url ... --model scripted`)."""
 
     def run(
-        repo: Path, turns: list[Turn], *extra: str, task: str = "Do the task.", provider: str = "anthropic", server: dict[str, Any] | None = None
+        repo: Path,
+        turns: list[Turn],
+        *extra: str,
+        task: str = "Do the task.",
+        provider: str = "anthropic",
+        server: dict[str, Any] | None = None,
+        env_extra: dict[str, str] | None = None,
     ) -> tuple[Result, ScriptedModelServer]:
         out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
         with ScriptedModelServer(turns, **(server or {})) as api:
             access = ["--provider", "openai", "--base-url", api.openai_base_url, "--model", "scripted"] if provider == "openai" else []
-            proc = airlock("run", str(repo), "--task", task, "--out", str(out), *access, *extra, env=airlock_env(api.base_url))
+            proc = airlock("run", str(repo), "--task", task, "--out", str(out), *access, *extra, env=airlock_env(api.base_url, **(env_extra or {})))
         return Result(proc.returncode, proc.stdout, proc.stderr, out), api
 
     return run

@@ -26,6 +26,11 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         (["--provider", "openai", "--model", "m"], "OPENAI_API_KEY", "OPENAI_API_KEY is not set"),
         (["--api-key-env", "NO_SUCH_VARIABLE"], None, "NO_SUCH_VARIABLE is not set"),
         (["--context-window", "10"], None, "--context-window"),
+        (["--setup", ""], None, "--setup a setup command cannot be empty"),
+        (["--setup", "auto", "--setup", "npm ci"], None, '--setup "auto" detects the commands'),
+        (["--setup", "auto", "--setup-secret-env", "NO_SUCH_TOKEN"], None, "--setup-secret-env NO_SUCH_TOKEN: the variable is not set"),
+        (["--setup", "auto", "--setup-ca", "/nonexistent/ca.pem"], None, "cannot read the setup's CA bundle /nonexistent/ca.pem"),
+        (["--setup", "auto", "--setup-ca", "/etc/hostname"], None, "holds no PEM certificate"),
     ],
 )
 def test_bad_provider_options_are_one_line_and_exit_2(calculator_repo: Path, tmp_path: Path, args: list[str], unset: str | None, message: str) -> None:

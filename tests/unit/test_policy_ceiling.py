@@ -22,7 +22,8 @@ max_steps = 10000
 timeout = 100000.0
 memory = "16g"
 [budget]
-max_cost_usd = 1000.0
+max_input_tokens = 1000000000
+max_output_tokens = 1000000000
 [budget.prices."claude-sonnet-5-5"]
 input = 0.0
 output = 0.0
@@ -48,7 +49,7 @@ def test_a_task_policy_cannot_loosen_the_operators(tmp_path: Path) -> None:
     effective, held = within(operator, policy_file(tmp_path, EVIL))
 
     assert effective.limits == operator.limits  # every limit the operator's: 30 steps, 900 s, 1 GiB ...
-    assert effective.budget == operator.budget  # $2.00, and no zero prices
+    assert effective.budget == operator.budget  # 2M input and 100k output tokens, and no zero prices
     assert price_for("claude-sonnet-5-5", effective.budget.prices) == price_for("claude-sonnet-5-5")
     assert set(effective.paths.hidden) == set(operator.paths.hidden) and ".env" in effective.paths.hidden
     assert effective.paths.protected == operator.paths.protected
@@ -59,7 +60,8 @@ def test_a_task_policy_cannot_loosen_the_operators(tmp_path: Path) -> None:
         "[limits] memory = 16.0 GiB: kept at the operator's 1.0 GiB",
         "[limits] timeout = 100000.0: kept at the operator's 900.0",
         "[limits] max_steps = 10000: kept at the operator's 30",
-        "[budget] max_cost_usd = 1000.0: kept at the operator's 2.0",
+        "[budget] max_input_tokens = 1000000000: kept at the operator's 2000000",
+        "[budget] max_output_tokens = 1000000000: kept at the operator's 100000",
         "[paths] hidden: the operator's " + ", ".join(operator.paths.hidden) + " added",
         "[sandbox] user = '4242:4242': kept at the operator's '1000:1000'",
     ]  # what the task asked for; what it left at the defaults (protected, deny) is held too, without a word

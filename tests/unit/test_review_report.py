@@ -239,3 +239,30 @@ def test_a_passing_verify_counts_as_success_whatever_stopped_the_agent(tmp_path:
     run = write_run(tmp_path / "run", record={"status": "max_steps", "verify": verify, "cost_usd": 0.5})
     cards = _cards(render_report(load_collection(run), run / "report.html"))
     assert cards["succeeded"] == "1" and cards["cost"] == "$0.5000"
+def test_the_setup_phase_is_shown_to_reviewers(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from orchestrator.review.show import load_single_run, render_run
+
+    setup = {
+        "commands": ["python3 -m venv --system-site-packages /opt/airlock-env/venv", f"pip install -r requirements.txt {XSS}"],
+        "detected": ["python: requirements.txt installed"], "ecosystems": ["python"], "image": "airlock-env:abc", "cache": "build",
+        "duration_s": 17.3, "exit_code": 0, "hosts": [{"host": "pypi.org", "allowed": True, "requests": 3, "bytes": 20480},
+        {"host": f"evil{XSS}.org", "allowed": False, "requests": 1, "bytes": 10}], "refused": [f"evil{XSS}.org"], "modified": ["README"],
+    }  # fmt: skip
+    folder = write_run(tmp_path / "run", record={"setup": setup})
+    console = Console(record=True, width=200)
+    render_run(load_single_run(folder), console)
+    shown = console.export_text()
+    assert "setup  built environment airlock-env:abc in 17.3 s · python" in shown
+    assert "egress allowed: pypi.org (3 requests, 20 KiB)" in shown and f"egress REFUSED: evil{XSS}.org" in shown
+    assert "setup changed repo files (the agent got the originals): README" in shown
+    html = render_report(load_collection(folder), tmp_path / "report.html")
+    text = Elements(html).text
+    assert "built environment airlock-env:abc in 17.3 s" in text and f"$ pip install -r requirements.txt {XSS}" in text
+    assert XSS not in html  # shown as text, never as markup
+
+    hit = write_run(tmp_path / "hit", record={"setup": {**setup, "cache": "hit", "hosts": [], "modified": []}})
+    console = Console(record=True, width=200)
+    render_run(load_single_run(hit), console)
+    assert "from the cache: no setup ran, no network" in console.export_text()

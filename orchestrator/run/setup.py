@@ -1,0 +1,298 @@
+"""The setup phase: install the project's dependencies once, with egress to an allowlist only, and keep the
+result as an environment image that the agent and verify sandboxes start from, network-less as ever.
+
+The environment is found by a key: a hash of the base image's id, the setup commands, the contents of the
+files they depend on (manifests, lock files, the policy's `files`) and the allowlist. With an image for the
+key there is no setup and no network at all. Otherwise a setup sandbox is started under a name derived from
+the key, so two airlock processes never build the same environment at once: the second waits for the
+first's image (or, if the first died, removes its stopped sandbox and builds).
+
+Secrets (`--setup-secret-env`) reach the setup commands' processes only: they travel on the setup tool's
+stdin, are replaced by *** in every log, and an environment that holds one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import AirlockError, UsageError
+from orchestrator.policy.model import AUTO_SETUP, SetupPolicy
+from orchestrator.run.detect import VENV_COMMAND, VENV_WITHOUT_PIP, detect, key_files
+from orchestrator.run.record import SetupRecord
+from orchestrator.run.trace import Trace
+from orchestrator.sandbox.base import Backend, Environment, NameInUse
+from orchestrator.sandbox.driver import Sandbox
+from orchestrator.sandbox.egress import EgressRequest, normalise_hosts, parse_log, summarise
+from orchestrator.sandbox.env_archive import UnsafeEnvironment
+from orchestrator.sandbox.spec import SandboxSpec
+
+SETUP_LOG = "setup.log"
+TAIL_CHARS = 4000
+MAX_LOG_BYTES = 32 * 1024**2
+KEY_VERSION = b"airlock-env/v1"
+WAIT_POLL_S = 2.0
+CA_PATH = "/var/lib/airlock/setup-ca.pem"  # the state tmpfs: never part of the environment
+CA_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "npm_config_cafile")
+CACHE_ENV = "AIRLOCK_CACHE"  # where airlock keeps host-side state; default ~/.cache/airlock
+
+
+class SetupFailed(AirlockError):
+    """The setup commands failed, timed out or made an environment that cannot be kept (status setup_failed)."""
+
+
+def environment_key(base_image_id: str, commands: list[str], files: dict[str, bytes], allow_hosts: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(KEY_VERSION + b"\0" + base_image_id.encode())
+    digest.update(json.dumps({"commands": commands, "allow_hosts": list(allow_hosts)}).encode())
+    for path, data in sorted(files.items()):
+        digest.update(b"\0" + path.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def usage_dir() -> Path:
+    """One file per environment key, touched whenever a run uses it: its mtime is the last use."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "airlock") / "env-usage"
+
+
+def touch_used(key: str) -> None:
+    try:
+        usage_dir().mkdir(parents=True, exist_ok=True)
+        (usage_dir() / key).touch()
+    except OSError:
+        pass  # bookkeeping only
+
+
+def last_used(key: str) -> float | None:
+    try:
+        return (usage_dir() / key).stat().st_mtime
+    except OSError:
+        return None
+
+
+def read_secrets(names: list[str]) -> dict[str, str]:
+    """The values of --setup-secret-env variables, from airlock's own environment."""
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        raise UsageError(f"--setup-secret-env {missing[0]}: the variable is not set (or empty) in airlock's environment")
+    return {name: os.environ[name] for name in names}
+
+
+def read_ca_bundle(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the setup's CA bundle {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise UsageError(f"the setup's CA bundle {path} holds no PEM certificate")
+    return data
+
+
+class _Log:
+    """setup.log on the host, secrets replaced line by line; keeps the tail for run.json and the terminal."""
+
+    def __init__(self, path: Path, secrets: list[str], on_command: Callable[[str], None]) -> None:
+        self._file = path.open("ab")
+        self._secrets = [secret for secret in secrets if secret]
+        self._partial = b""
+        self._written = 0
+        self._tail = ""
+        self._on_command = on_command
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def write(self, chunk: bytes) -> None:
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        if len(self._partial) > 65536:  # a very long line without a newline: write it in parts
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self.line(line.decode("utf-8", "replace"))
+
+    def line(self, text: str) -> None:
+        text = self.redact(text)
+        if text.startswith("$ "):
+            self._on_command(text[2:])
+        self._tail = (self._tail + text + "\n")[-TAIL_CHARS:]
+        if self._written < MAX_LOG_BYTES:
+            data = (text + "\n").encode()
+            self._file.write(data)
+            self._written += len(data)
+
+    @property
+    def tail(self) -> str:
+        return self._tail
+
+    def close(self) -> None:
+        if self._partial:
+            self.line(self._partial.decode("utf-8", "replace"))
+            self._partial = b""
+        self._file.close()
+
+
+@dataclass
+class SetupPhase:
+    """One run's setup phase; `record` is filled in as it goes, so a failure still says how far it got."""
+
+    backend: Backend
+    spec: SandboxSpec  # the agent's sandbox: the setup sandbox is made from it
+    setup: SetupPolicy
+    repo: Path
+    hidden: list[str]
+    out: Path
+    trace: Trace
+    copy_repo: Callable[[Sandbox], object]
+    secrets: dict[str, str]
+    rebuild: bool = False
+    # Wraps the removal of the setup sandbox (the runner defers Ctrl-C there, as for the agent's).
+    finishing: Callable[[], AbstractContextManager[object]] = field(default=nullcontext)
+
+    def __post_init__(self) -> None:
+        self.record = SetupRecord(allow_hosts=list(normalise_hosts(self.setup.allow_hosts)))
+        self.ca_bundle = read_ca_bundle(self.setup.ca_bundle)
+
+    def run(self) -> Environment | None:
+        """The environment the agent starts from (found or built), or None when `auto` found nothing to install."""
+        started = time.monotonic()
+        try:
+            return self._run()
+        finally:
+            self.record.duration_s = round(time.monotonic() - started, 2)
+
+    def _commands(self) -> list[str] | None:
+        if self.setup.commands != [AUTO_SETUP]:
+            return [VENV_COMMAND, *self.setup.commands]
+        found = detect(self.repo, self.hidden)
+        self.record.detected, self.record.ecosystems = found.notes, found.ecosystems
+        for note in found.notes:
+            self.trace.note(f"setup auto: {note}")
+        if not found.commands:
+            self.trace.note("setup auto: nothing to install found (no pyproject.toml, setup.py, requirements*.txt or package.json at the root)")
+            return None
+        return [VENV_COMMAND if "python" in found.ecosystems else VENV_WITHOUT_PIP, *found.commands]
+
+    def _run(self) -> Environment | None:
+        commands = self._commands()
+        if commands is None:
+            return None
+        self.record.commands = commands
+        store = self.backend.environments()
+        files = key_files(self.repo, self.setup.files, self.hidden)
+        self.record.key_files = list(files)
+        key = environment_key(store.image_id(self.spec.image), commands, files, tuple(self.record.allow_hosts))
+        self.record.key = key
+        rebuild = self.rebuild
+        give_up = time.monotonic() + self.setup.timeout + 300
+        waiting = False
+        while True:
+            env = None if rebuild else store.find(key)
+            if env is not None:
+                self.record.cache, self.record.image = "hit", env.image
+                self.trace.note(f"setup: environment {env.image} from the cache (no setup, no network)")
+                touch_used(key)
+                return env
+            try:
+                env = self._build(key, commands)
+            except NameInUse:
+                if time.monotonic() > give_up:
+                    raise SetupFailed("gave up waiting for another airlock process building the same environment") from None
+                if not waiting:
+                    self.trace.note(f"setup: another airlock process is building this environment (key {key[:12]}); waiting for it")
+                    waiting = True
+                time.sleep(WAIT_POLL_S)
+                self.backend.remove_stale()  # a builder that died has stopped: its sandbox goes, the name is free
+                rebuild = False  # the other process's image is as fresh as ours would be
+                continue
+            self.record.cache, self.record.image = "build", env.image
+            touch_used(key)
+            return env
+
+    def _build(self, key: str, commands: list[str]) -> Environment:
+        setup = self.setup
+        spec = replace(
+            self.spec, egress=normalise_hosts(setup.allow_hosts), env_disk=setup.disk, memory=setup.memory, environment=False,
+            name=f"airlock-envbuild-{key[:24]}", lifetime_s=setup.timeout + 1800,
+        )  # fmt: skip
+        log = _Log(self.out / SETUP_LOG, list(self.secrets.values()), lambda command: self.trace.note(f"setup $ {command}"))
+        hosts = ", ".join(self.record.allow_hosts) or "none"
+        self.trace.note(f"setup: building the environment (key {key[:12]}) in a sandbox whose only way out is a proxy to: {hosts}")
+        sandbox: Sandbox | None = None
+        try:
+            sandbox = Sandbox(self.backend.start(spec), spec)
+            self.copy_repo(sandbox)
+            sandbox.install_tools()
+            env_vars = dict(self.secrets)
+            if self.ca_bundle is not None:
+                bundle = self.ca_bundle
+                sandbox.exec(["sh", "-c", f"cat > {CA_PATH}"], feed_stdin=lambda send: send(bundle))
+                env_vars |= {name: CA_PATH for name in CA_VARIABLES}
+            try:
+                code = sandbox.run_setup(commands, env_vars, log.write, deadline=time.monotonic() + setup.timeout)
+            except TimeoutError:
+                code = None
+                log.line(f"[the setup did not finish within {setup.timeout:g} s]")
+            self._egress(sandbox.box.egress_log(), log)
+            self.record.exit_code = code
+            if code != 0:
+                raise SetupFailed(self._failure(code))
+            self._changes(sandbox.setup_changes())
+            with tempfile.TemporaryDirectory(prefix="airlock-env-") as tmp:
+                archive = Path(tmp) / "environment.tar"
+                try:
+                    stats = sandbox.pack_environment(archive, list(self.secrets.values()), timeout=setup.timeout, repo=self.repo)
+                except UnsafeEnvironment as exc:
+                    raise SetupFailed(str(exc)) from None
+                self.record.env_bytes = stats.bytes
+                labels = {
+                    "airlock.env.repo": str(self.repo), "airlock.env.base": self.spec.image,
+                    "airlock.env.commands": json.dumps(commands), "airlock.env.bytes": str(stats.bytes),
+                    "airlock.env.workspace-files": str(len(stats.workspace_paths)),
+                }  # fmt: skip
+                store = self.backend.environments()
+                env = store.save(key, store.image_id(self.spec.image), archive, labels)
+            self.trace.note(f"setup: saved {env.image} ({stats.bytes / 1024**2:.1f} MiB, {stats.files} files)")
+            return env
+        finally:
+            log.close()
+            self.record.log_tail = log.tail
+            if sandbox is not None:
+                with self.finishing():
+                    sandbox.remove()
+
+    def _egress(self, text: str, log: _Log) -> None:
+        requests: list[EgressRequest] = parse_log(text)
+        for request in requests:
+            verdict = "allowed" if request.allowed else "REFUSED"
+            log.line(f"egress: {verdict} {request.method} {request.host} status {request.status}, {request.bytes} bytes")
+        self.record.hosts = summarise(requests)
+        self.record.refused = sorted({request.host for request in requests if not request.allowed})
+        for host in self.record.refused:
+            self.trace.note(f"setup: refused by the egress allowlist: {host}")
+
+    def _failure(self, code: int | None) -> str:
+        what = f"the setup did not finish within {self.setup.timeout:g} s ([setup] timeout)" if code is None else f"the setup failed (exit code {code})"
+        if self.record.refused:
+            what += f"; refused by the egress allowlist: {', '.join(self.record.refused)}"
+        return what
+
+    def _changes(self, found: dict[str, Any]) -> None:
+        def paths(kind: str) -> list[str]:
+            value = found.get(kind)
+            return [path for path in value if isinstance(path, str)] if isinstance(value, list) else []
+
+        self.record.created, self.record.modified, self.record.deleted = paths("created"), paths("modified"), paths("deleted")
+        if self.record.modified or self.record.deleted:
+            changed = ", ".join([*self.record.modified, *self.record.deleted][:10])
+            self.trace.note(f"setup changed files of the repo (the agent gets them as they were, and the patch is against them): {changed}")

@@ -95,6 +95,7 @@ class LocalBox:
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+
     def egress_log(self) -> str:
         return ""
 

@@ -84,6 +84,7 @@ class Box(Protocol):
 
     def end_processes(self, user: str) -> None:
         """SIGKILL every process `user` runs in the box, whoever started it; the box itself lives on."""
+
     def egress_log(self) -> str:
         """The egress proxy's access log so far (squid's lines), or '' for a box without egress."""
 

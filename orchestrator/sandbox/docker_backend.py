@@ -240,6 +240,7 @@ class DockerBox:
         # and never the main process, which runs as KEEPER_USER.
         stream = self.attach(["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user=user, stdin=False)
         run_command(stream, "kill -KILL -1", timeout=30.0)
+
     def egress_log(self) -> str:
         return proxy_log(self.client, self.proxy) if self.proxy is not None else ""
 

@@ -239,6 +239,8 @@ def test_a_passing_verify_counts_as_success_whatever_stopped_the_agent(tmp_path:
     run = write_run(tmp_path / "run", record={"status": "max_steps", "verify": verify, "cost_usd": 0.5})
     cards = _cards(render_report(load_collection(run), run / "report.html"))
     assert cards["succeeded"] == "1" and cards["cost"] == "$0.5000"
+
+
 def test_the_setup_phase_is_shown_to_reviewers(tmp_path: Path) -> None:
     from rich.console import Console
 

@@ -40,7 +40,7 @@ def _ms(seconds: list[float]) -> str:
 
 def tool_round_trip(client: docker.DockerClient) -> tuple[list[float], list[float]]:
     spec = SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}")
-    box = DockerBackend(client).start(spec)
+    box = DockerBackend(client=client).start(spec)
     sandbox = Sandbox(box, spec)
     try:
         sandbox.copy_in(CALCULATOR_REPO)

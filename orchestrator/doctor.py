@@ -19,7 +19,7 @@ import docker.errors
 import requests.exceptions
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
+from orchestrator.sandbox.docker_client import DockerUnreachable, docker_client, unreachable_fix
 from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
 
 # runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
@@ -48,7 +48,7 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
     try:
         client = docker_client()
     except DockerUnreachable as exc:
-        checks.append(Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", UNREACHABLE_FIX))
+        checks.append(Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", unreachable_fix(exc.where)))
         skipped = "skipped: Docker is not reachable"
         checks += [
             Check("runc", False, skipped, required=False),

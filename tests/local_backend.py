@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from orchestrator.errors import SandboxError
@@ -104,6 +104,9 @@ class LocalBackend:
 
     def __init__(self) -> None:
         self.boxes: list[LocalBox] = []
+
+    def prepare(self, spec: SandboxSpec, log: Callable[[str], None]) -> dict[str, Any]:
+        return {}
 
     def start(self, spec: SandboxSpec) -> LocalBox:
         box = LocalBox(spec)

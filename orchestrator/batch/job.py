@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator.batch.placement import Engine
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
 from orchestrator.policy.pricing import cost_usd
@@ -66,6 +67,7 @@ class Job:
     status: str | None = None  # the final status, as in run.json, or a batch one: not_started, clone_failed, crashed
     error: str | None = None
     moved_to: Path | None = None
+    engine: Engine | None = None  # where it runs; taken when it starts (or starts cloning)
     _offset: int = 0
     _partial: bytes = b""
 
@@ -93,11 +95,13 @@ class Job:
         self.out.mkdir(parents=True)
         task_file = coordination / f"{self.id}.task"
         task_file.write_text(self.task.task, encoding="utf-8")
+        where = self.engine
         cmd = [
             sys.executable, "-m", "orchestrator", "run", str(repo), "--task-file", str(task_file), "--out", str(self.out),
-            *self.task.run_options(), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
+            *self.task.run_options(), *(where.run_options() if where else []),
+            "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
         ]  # fmt: skip
-        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160")}
+        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), **(where.env() if where else {})}
         with open(self.out / LOG_NAME, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.state, self.started = "running", time.monotonic()

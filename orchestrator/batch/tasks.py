@@ -21,6 +21,7 @@ from orchestrator.errors import UsageError
 from orchestrator.policy.model import Policy, Price, load_policy
 from orchestrator.policy.pricing import price_for
 from orchestrator.providers import DEFAULT_MODEL
+from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RESERVED_IDS = {"summary.json", "predictions.jsonl", "report.html"}  # the batch's own files in the results folder
@@ -78,6 +79,7 @@ class BatchTask:
     policy: Path | None = None
     price: Price | None = None  # None: the cost is unknown
     model_access: tuple[str, ...] = ()
+    sandbox_image: str = DEFAULT_IMAGE  # the image its sandbox runs: `image`, else its policy's
 
     def run_options(self) -> list[str]:
         """The `airlock run` options that carry this task's settings."""
@@ -224,6 +226,8 @@ class _Checker:
         policy_path = (self.base / entry.policy).resolve() if entry.policy else d.policy
         resolved["policy"] = policy_path
         resolved["price"] = self._price(policy_path, resolved, problems)
+        policy = self._policy(policy_path)
+        resolved["sandbox_image"] = entry.image or d.image or (policy.sandbox.image if isinstance(policy, Policy) else DEFAULT_IMAGE)
         return resolved
 
     def _id(self, given: str | None, repo: str, problems: list[str]) -> str:

@@ -26,6 +26,7 @@ class RunConfig:
     verify: str | None = None
     stop_file: Path | None = None  # set by `airlock batch`: stop between steps once this file exists
     backend: str = "docker"  # the sandbox backend, by name (orchestrator.sandbox.backends)
+    location: str | None = None  # where it places boxes (a Kubernetes namespace); None: its default
 
 
 def check_repo(repo: Path) -> Path:

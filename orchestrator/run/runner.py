@@ -88,7 +88,7 @@ class Run:
     def __init__(self, config: RunConfig, provider: Provider, console: Console, backend: Backend | None = None) -> None:
         self.config = config
         self.provider = provider
-        self.backend = backend or get_backend(config.backend)
+        self.backend = backend or get_backend(config.backend, config.location)
         self.trace = Trace(console)
         self.console = console
         self.spec = sandbox_spec(config.policy, config.run_id)
@@ -149,6 +149,7 @@ class Run:
             raise  # the backend cannot be reached at all: say so now
         except Exception as exc:  # tidying up after others must never end this run
             self.trace.note(f"could not remove stale sandboxes: {exc}")
+        self.record.sandbox |= self.backend.prepare(self.spec, self.trace.note)  # e.g. the image sent to a remote engine
         return Sandbox(self.backend.start(self.spec), self.spec)
 
     def _prepare(self, sandbox: Sandbox) -> ToolChannel:

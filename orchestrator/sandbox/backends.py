@@ -8,7 +8,7 @@ from orchestrator.errors import UsageError
 from orchestrator.sandbox.base import Backend
 
 DEFAULT_BACKEND = "docker"
-# name -> "module:class"; the class is constructed with no arguments.
+# name -> "module:class"; the class is constructed with the location (None: the backend's default).
 BACKENDS = {"docker": "orchestrator.sandbox.docker_backend:DockerBackend"}
 
 
@@ -18,7 +18,8 @@ def check_backend(name: str) -> str:
     return name
 
 
-def get_backend(name: str = DEFAULT_BACKEND) -> Backend:
+def get_backend(name: str = DEFAULT_BACKEND, location: str | None = None) -> Backend:
+    """The backend `name`, placing boxes at `location`: a Docker engine's address (default: DOCKER_HOST)."""
     module, _, cls = BACKENDS[check_backend(name)].partition(":")
-    backend: Backend = getattr(importlib.import_module(module), cls)()
+    backend: Backend = getattr(importlib.import_module(module), cls)(location)
     return backend

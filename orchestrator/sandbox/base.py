@@ -8,12 +8,13 @@ Everything a stream returns is untrusted data.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from orchestrator.sandbox.spec import Layout, SandboxSpec
 
 ROOT_USER = "0:0"
+Log = Callable[[str], None]
 
 
 class Stream(Protocol):
@@ -53,6 +54,10 @@ class Box(Protocol):
 
 class Backend(Protocol):
     name: str
+
+    def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
+        """Make sure what a box of `spec` needs is where boxes start (its image, ...), saying what it does
+        through `log`; returns what run.json records of it. Raises SandboxError."""
 
     def start(self, spec: SandboxSpec) -> Box:
         """A running, hardened box made from `spec`; raises SandboxError (nothing is left behind)."""

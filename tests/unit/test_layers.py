@@ -26,8 +26,12 @@ ALLOWED = {
     "patch": {"errors"},
     "providers": {"errors", "conversation", "tool_specs"},
 }
-# Where docker-py may be imported: the Docker backend, the daemon connection, the image builder, doctor.
-DOCKER_MODULES = {"orchestrator.sandbox.docker_backend", "orchestrator.sandbox.docker_client", "orchestrator.sandbox.image", "orchestrator.doctor"}
+# Where docker-py may be imported: the Docker backend, the daemon connection, the image builder, the image
+# on remote engines, doctor.
+DOCKER_MODULES = {
+    "orchestrator.sandbox.docker_backend", "orchestrator.sandbox.docker_client", "orchestrator.sandbox.image", "orchestrator.sandbox.engines",
+    "orchestrator.doctor",
+}  # fmt: skip
 
 
 def module_name(path: Path) -> str:

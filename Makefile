@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,openai,ssh]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,openai,ssh,kubernetes]'
 	touch $(STAMP)
 
 docker:

@@ -254,11 +254,19 @@ def apply(
 @app.command()
 def doctor(
     image: Annotated[str | None, typer.Option(help="Sandbox image to check.")] = None,
+    backend: Annotated[str, typer.Option(help=f"The backend to check: {', '.join(BACKENDS)} (Docker: the engine DOCKER_HOST names).")] = DEFAULT_BACKEND,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace (default: the kubeconfig context's).")] = None,
 ) -> None:
-    """Check the Docker daemon, runc, the sandbox image, the API key and the openai provider, and say what to do about each."""
+    """Check the Docker daemon (or the Kubernetes cluster), the sandbox image, the API key and the openai provider, and say what to do about each."""
     from orchestrator.doctor import render, run_checks
 
-    checks = run_checks(image or DEFAULT_IMAGE)
+    location = _location(backend, namespace)
+    if backend == "kubernetes":
+        from orchestrator.doctor_kubernetes import run_checks as kubernetes_checks
+
+        checks = kubernetes_checks(image or DEFAULT_IMAGE, location)
+    else:
+        checks = run_checks(image or DEFAULT_IMAGE)
     render(checks, console)
     raise typer.Exit(0 if all(check.ok or not check.required for check in checks) else 1)
 

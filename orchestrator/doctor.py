@@ -67,8 +67,12 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
             checks.append(_gvisor_check(info))
         finally:
             client.close()
-    checks += [_api_key_check(), _openai_check()]
-    return checks
+    return checks + model_checks()
+
+
+def model_checks() -> list[Check]:
+    """The API key and the optional provider: the same whichever backend runs the sandbox."""
+    return [_api_key_check(), _openai_check()]
 
 
 def _daemon_check(info: dict[str, Any], version: dict[str, Any]) -> Check:

@@ -67,6 +67,8 @@ class LocalStream:
 
 
 class LocalBox:
+    has_tools = False
+
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
         self.root = tempfile.mkdtemp(prefix=f"airlock-local-{spec.run_id}-")

@@ -44,11 +44,12 @@ LIFETIME_MARGIN_S = 1800.0
 
 def sandbox_spec(policy: Policy, run_id: str) -> SandboxSpec:
     """The sandbox a policy asks for (the sandbox layer never sees the policy itself)."""
-    limits = policy.limits
+    limits, kubernetes = policy.limits, policy.kubernetes
     return SandboxSpec(
         image=policy.sandbox.image, run_id=run_id, cpus=limits.cpus, memory=limits.memory, disk=limits.disk,
         pids=limits.pids, command_timeout=limits.command_timeout, runtime=policy.sandbox.runtime, user=policy.sandbox.user,
         max_output_bytes=limits.max_output_chars - OUTPUT_MARKER_ROOM, lifetime_s=limits.timeout + LIFETIME_MARGIN_S,
+        runtime_class=kubernetes.runtime_class, node_selector=dict(kubernetes.node_selector), egress_probe=tuple(kubernetes.egress_probe),
     )  # fmt: skip
 
 

@@ -41,6 +41,8 @@ class Box(Protocol):
 
     id: str
     layout: Layout
+    # The backend put the tool code in place itself, read-only (Kubernetes cannot exec as root to write it).
+    has_tools: bool
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
         """Start `cmd` in the box as `user` ("uid:gid"); raises SandboxError if it cannot be started."""

@@ -14,8 +14,6 @@ remove containers that have stopped, or that outlived the deadline their labels 
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Collection
 from datetime import datetime
@@ -31,12 +29,8 @@ from orchestrator.sandbox.base import Log, Stream
 from orchestrator.sandbox.docker_client import docker_client, engine_address
 from orchestrator.sandbox.engines import ensure_image, local_engine_client
 from orchestrator.sandbox.hijack import pipe_of
-from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
+from orchestrator.sandbox.spec import DEADLINE_LABEL, LABEL, SANDBOX_ENV, Layout, SandboxSpec, owner_labels
 
-LABEL = "airlock.sandbox"
-DEADLINE_LABEL = "airlock.deadline"
-# Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id.
-OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 STDERR_TAIL_BYTES = 4096
 CREATED_GRACE_S = 300.0  # a container another airlock created but has not started yet is not abandoned
 _STDOUT, _STDERR = 1, 2
@@ -51,20 +45,6 @@ def _tmpfs(size: int, *, owner: str | None = None, mode: str = "0755", exec_: bo
         uid, gid = owner.split(":")
         opts += [f"uid={uid}", f"gid={gid}"]
     return ",".join(opts)
-
-
-def owner_labels(spec: SandboxSpec) -> dict[str, str]:
-    """Labels that identify a sandbox, its owner and how long it may live, so leftovers can be found."""
-    labels = {
-        LABEL: "1",
-        "airlock.run-id": spec.run_id,
-        "airlock.host": socket.gethostname(),
-        "airlock.pid": str(os.getpid()),
-        DEADLINE_LABEL: str(int(time.time() + spec.lifetime_s)),
-    }
-    if owner := os.environ.get(OWNER_ENV):
-        labels[OWNER_LABEL] = owner
-    return labels
 
 
 def create_kwargs(spec: SandboxSpec) -> dict[str, Any]:
@@ -159,6 +139,7 @@ class DockerBox:
     """One started container and the attach that keeps it alive."""
 
     layout = LAYOUT
+    has_tools = False  # the driver writes the tool code as root into a root-owned tmpfs
 
     def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any) -> None:
         self.client, self.spec, self.container = client, spec, container

@@ -62,6 +62,12 @@ class SocketPipe:
         return bytes(self._sock.recv(_CHUNK))
 
     def close(self) -> None:
+        """Shut down first: a read waiting on this socket in another thread ends at once."""
+        try:
+            if isinstance(self._sock, socket.socket):
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self._sock.close()
         except OSError:

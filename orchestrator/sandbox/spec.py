@@ -5,9 +5,17 @@ The runner turns the policy into a `SandboxSpec`; the sandbox layer never sees t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+import time
+from dataclasses import dataclass, field
 
 DEFAULT_IMAGE = "airlock-sandbox:latest"
+# Labels every sandbox carries, whatever runs it, so that leftovers can be found.
+LABEL = "airlock.sandbox"
+DEADLINE_LABEL = "airlock.deadline"
+# Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id.
+OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 # Commands are capped in the sandbox a little below the policy's max_output_chars, leaving room for the
 # dropped-bytes marker and the exit-code footer, so the host's own cap never cuts the result a second time.
 OUTPUT_MARKER_ROOM = 200
@@ -60,6 +68,10 @@ class SandboxSpec:
     user: str = "1000:1000"
     # The longest the sandbox may live: past it, any airlock process may remove it as abandoned.
     lifetime_s: float = 4 * 3600.0
+    # Kubernetes only: the pod's runtimeClassName and node selector, and more places the egress probe tries.
+    runtime_class: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    egress_probe: tuple[str, ...] = ()
 
     def record(self) -> dict[str, object]:
         return {
@@ -72,3 +84,17 @@ class SandboxSpec:
             "runtime": self.runtime,
             "user": self.user,
         }
+
+
+def owner_labels(spec: SandboxSpec) -> dict[str, str]:
+    """Labels that identify a sandbox, its owner and how long it may live, so leftovers can be found."""
+    labels = {
+        LABEL: "1",
+        "airlock.run-id": spec.run_id,
+        "airlock.host": socket.gethostname(),
+        "airlock.pid": str(os.getpid()),
+        DEADLINE_LABEL: str(int(time.time() + spec.lifetime_s)),
+    }
+    if owner := os.environ.get(OWNER_ENV):
+        labels[OWNER_LABEL] = owner
+    return labels

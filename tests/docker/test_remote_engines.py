@@ -33,9 +33,9 @@ from helpers import PROJECT, SESSION_OWNER, airlock, airlock_env
 from orchestrator.demo import CALCULATOR_REPO, TEST_COMMAND, calculator_script
 from orchestrator.errors import SandboxError
 from orchestrator.providers.scripted import Scripted, ScriptedModelServer, reply, text, tool_use
-from orchestrator.sandbox.docker_backend import LABEL, OWNER_LABEL, DockerBackend
+from orchestrator.sandbox.docker_backend import DockerBackend
 from orchestrator.sandbox.engines import ensure_image
-from orchestrator.sandbox.spec import DEFAULT_IMAGE, SandboxSpec
+from orchestrator.sandbox.spec import DEFAULT_IMAGE, LABEL, OWNER_LABEL, SandboxSpec
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("nsenter", "ip", "dockerd", "/usr/sbin/sshd", "openssl")),

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AIRLOCK := $(VENV)/bin/airlock
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv docker image test-deps test test-unit lint demo bench clean
+.PHONY: setup venv docker image test-deps test test-unit test-kubernetes lint demo bench clean
 
 setup: venv docker image
 
@@ -32,6 +32,13 @@ test: setup test-deps
 # The tests that need no Docker engine (nor anything else beyond the venv), with none reachable.
 test-unit: venv
 	DOCKER_HOST=unix:///nonexistent $(PY) -m pytest tests/unit
+
+# The Kubernetes end-to-end tests against a real cluster: KUBECONFIG's, namespace AIRLOCK_TEST_NAMESPACE
+# (default airlock-test), image AIRLOCK_TEST_IMAGE pushed to a registry the cluster pulls from. `make test`
+# runs the same tests against a fake API server whose pods are local containers.
+test-kubernetes: venv
+	@test -n "$$KUBECONFIG" || { echo "make test-kubernetes: set KUBECONFIG to the cluster to test against (see the README, Beyond one machine)" >&2; exit 2; }
+	AIRLOCK_TEST_KUBERNETES=real $(PY) -m pytest tests/kubernetes
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -18,74 +18,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
-from helpers import PROJECT, SESSION_OWNER, Result, airlock, airlock_env
-from kube_fake import V4, FakeCluster
+from helpers import PROJECT, Result
+from kube_cluster import IMAGE, NAMESPACE, REAL, Cluster
+from kube_fake import V4
 
 from orchestrator.demo import CALCULATOR_REPO, TEST_COMMAND, calculator_script
 from orchestrator.errors import SandboxError
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text, tool_use
 from orchestrator.sandbox.kube_manifests import NETWORK_POLICY, pod_name
-from orchestrator.sandbox.kubernetes_backend import KubernetesBackend
-from orchestrator.sandbox.spec import DEFAULT_IMAGE, SandboxSpec
+from orchestrator.sandbox.spec import SandboxSpec
 
-REAL = os.environ.get("AIRLOCK_TEST_KUBERNETES") == "real"
-NAMESPACE = os.environ.get("AIRLOCK_TEST_NAMESPACE", "airlock-test")
-IMAGE = os.environ.get("AIRLOCK_TEST_IMAGE", DEFAULT_IMAGE)
 fake_only = pytest.mark.skipif(REAL, reason="needs the fake cluster's knobs")
-
-
-@dataclass
-class Cluster:
-    kubeconfig: Path
-    fake: FakeCluster | None
-
-    def env(self, base_url: str | None = None) -> dict[str, str]:
-        return airlock_env(base_url, KUBECONFIG=str(self.kubeconfig))
-
-    def airlock(self, *args: str, base_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return airlock(*args, env=self.env(base_url), timeout=timeout)
-
-    def backend(self, monkeypatch: pytest.MonkeyPatch) -> KubernetesBackend:
-        monkeypatch.setenv("KUBECONFIG", str(self.kubeconfig))
-        return KubernetesBackend(NAMESPACE)
-
-    def pods(self) -> list[dict[str, Any]]:
-        """This session's sandbox pods."""
-        backend = KubernetesBackend(NAMESPACE)
-        old = os.environ.get("KUBECONFIG")
-        os.environ["KUBECONFIG"] = str(self.kubeconfig)
-        try:
-            listed = backend.core.list_namespaced_pod(NAMESPACE, label_selector=f"airlock.sandbox=1,airlock.owner={SESSION_OWNER}", _preload_content=False)
-        finally:
-            if old is None:
-                os.environ.pop("KUBECONFIG")
-            else:
-                os.environ["KUBECONFIG"] = old
-        return list(json.loads(listed.data)["items"])
-
-
-@pytest.fixture(scope="module")
-def cluster(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if REAL:
-        yield Cluster(Path(os.environ["KUBECONFIG"]), None)
-        return
-    with FakeCluster(docker_client) as fake:
-        yield Cluster(fake.kubeconfig(tmp_path_factory.mktemp("kube") / "config", NAMESPACE), fake)
-
-
-@pytest.fixture(autouse=True)
-def no_pod_left_behind(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if cluster.fake is not None:
-        cluster.fake.enforce, cluster.fake.protocols = True, ("v5.channel.k8s.io", V4)
-    left = [pod["metadata"]["name"] for pod in cluster.pods()]
-    assert not left, f"{request.node.name} left sandbox pods behind: {left}"
 
 
 def run_in_pod(cluster: Cluster, repo: Path, out: Path, turns: list[Any], *extra: str) -> tuple[Result, ScriptedModelServer]:

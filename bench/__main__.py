@@ -6,6 +6,8 @@
    versus a bare `docker run --rm <image> true`.
 3. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
    versus cache price per step, next to a loop that neither caches nor trims.
+4. The host side of a batch (bench/host.py): memory and CPU per concurrently running task, runs forked from
+   the batch's launcher versus a fresh interpreter per run.
 Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import docker
 
-from bench import tokens
+from bench import host, tokens
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text
 from orchestrator.run.config import new_run_id
@@ -103,6 +105,7 @@ def main() -> None:
     print(f"  airlock run -> first model request {_ms(time_to_first_request())}")
     print(f"  baseline: docker run --rm true     {_ms(bare_container_start(client))}\n")
     tokens.main()
+    host.main()
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator.batch.launcher import RunProcess, launch
 from orchestrator.batch.placement import Engine
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
@@ -56,7 +55,7 @@ class Job:
     task: BatchTask
     out: Path
     state: State = "queued"
-    proc: subprocess.Popen[bytes] | None = None
+    proc: RunProcess | None = None
     clone: Future[Path] | None = None
     started: float | None = None  # time.monotonic()
     ended: float | None = None
@@ -96,14 +95,12 @@ class Job:
         task_file = coordination / f"{self.id}.task"
         task_file.write_text(self.task.task, encoding="utf-8")
         where = self.engine
-        cmd = [
-            sys.executable, "-m", "orchestrator", "run", str(repo), "--task-file", str(task_file), "--out", str(self.out),
-            *self.task.run_options(), *(where.run_options() if where else []),
+        args = [
+            str(repo), "--task-file", str(task_file), "--out", str(self.out), *self.task.run_options(), *(where.run_options() if where else []),
             "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
         ]  # fmt: skip
         env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), **(where.env() if where else {})}
-        with open(self.out / LOG_NAME, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = launch(args, env, self.out / LOG_NAME)
         self.state, self.started = "running", time.monotonic()
 
     def stop_file(self, coordination: Path) -> Path:

@@ -9,7 +9,7 @@ all streams), or, with AIRLOCK_DOCKER_SSH=openssh, through the `ssh` client (whi
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 from typing import Any
 
@@ -75,8 +75,11 @@ def docker_client(engine: str | None = None, ping_timeout: float = PING_TIMEOUT_
     flavour = os.environ.get(SSH_ENV) or SSH_FLAVOURS[0]
     if flavour not in SSH_FLAVOURS:
         raise UsageError(f"{SSH_ENV} must be {' or '.join(SSH_FLAVOURS)}, not {flavour!r}")
-    if address.startswith("ssh://") and importlib.util.find_spec("paramiko") is None:
-        raise UsageError(f"{address}: ssh:// engines need paramiko: pip install 'airlock[ssh]'")
+    if address.startswith("ssh://"):
+        try:
+            importlib.import_module("paramiko")  # docker-py has already tried to, when it was imported
+        except ImportError:
+            raise UsageError(f"{address}: ssh:// engines need paramiko: pip install 'airlock[ssh]'") from None
     settings = docker.utils.kwargs_from_env(environment={**os.environ, "DOCKER_HOST": address})  # TLS as the docker CLI reads it
     try:
         # The client asks the daemon for its API version, so the short timeout covers that too.

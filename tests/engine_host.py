@@ -117,7 +117,8 @@ class EngineHost:
             f"SetEnv DOCKER_HOST=unix://{self.socket}\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-        self._sshd = subprocess.Popen(self._in_namespace("/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")))
+        sshd = self._in_namespace("/usr/sbin/sshd", "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log"))
+        self._sshd = subprocess.Popen(sshd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # The clients: paramiko reads ~/.ssh (HOME), the OpenSSH client only its -F file (a wrapper on PATH).
         host_key = " ".join((root / "host-key.pub").read_text().split()[:2])
         home_ssh = root / "home" / ".ssh"
@@ -207,6 +208,12 @@ class EngineHost:
         if self._sshd is not None and self._sshd.poll() is None:
             self._sshd.terminate()
             self._sshd.wait(timeout=10)
+        # Whatever else still lives in the namespace (sshd's sessions, whose clients' goodbyes can no longer
+        # arrive once the namespace is gone): the namespace's own list of its processes.
+        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, timeout=30).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
         mounts = _run("findmnt", "-rn", "-o", "TARGET").stdout.split()
         for target in sorted((m for m in mounts if m.startswith(str(self.root))), key=len, reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)

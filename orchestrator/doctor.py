@@ -19,7 +19,7 @@ import docker.errors
 import requests.exceptions
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.docker_client import DockerUnreachable, docker_client, unreachable_fix
+from orchestrator.sandbox.docker_client import DockerUnreachable, docker_client, engine_address, unreachable_fix
 from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
 
 # runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
@@ -78,7 +78,7 @@ def model_checks() -> list[Check]:
 def _daemon_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
     cgroup = info.get("CgroupVersion") or "?"
     detail = (
-        f"Docker {version.get('Version', '?')}, API {version.get('ApiVersion', '?')}, "
+        f"Docker {version.get('Version', '?')} at {engine_address()}, API {version.get('ApiVersion', '?')}, "
         f"storage {info.get('Driver', '?')}, cgroup v{cgroup} ({info.get('CgroupDriver', '?')})"
     )
     return Check("Docker daemon", True, detail)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AIRLOCK := $(VENV)/bin/airlock
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv docker image test-deps test test-unit test-local-model lint demo bench clean
+.PHONY: setup venv docker image test-deps test test-unit test-local-model test-kubernetes lint demo bench clean
 
 setup: venv docker image
 
@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,openai]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,openai,ssh,kubernetes]'
 	touch $(STAMP)
 
 docker:
@@ -40,6 +40,13 @@ test-local-model: setup
 	bash scripts/ensure-local-model.sh $(LOCAL_MODEL_CACHE) $(VENV)/bin/pip
 	AIRLOCK_LOCAL_MODEL_DIR=$(abspath $(LOCAL_MODEL_CACHE)) $(PY) -m pytest tests/docker/local_model --timeout 1800; \
 	status=$$?; cat $(LOCAL_MODEL_CACHE)/last-run.txt 2>/dev/null; exit $$status
+
+# The Kubernetes end-to-end tests against a real cluster: KUBECONFIG's, namespace AIRLOCK_TEST_NAMESPACE
+# (default airlock-test), image AIRLOCK_TEST_IMAGE pushed to a registry the cluster pulls from. `make test`
+# runs the same tests against a fake API server whose pods are local containers.
+test-kubernetes: venv
+	@test -n "$$KUBECONFIG" || { echo "make test-kubernetes: set KUBECONFIG to the cluster to test against (see the README, Beyond one machine)" >&2; exit 2; }
+	AIRLOCK_TEST_KUBERNETES=real $(PY) -m pytest tests/kubernetes
 
 lint: venv
 	$(VENV)/bin/ruff check .

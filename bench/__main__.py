@@ -8,6 +8,7 @@
    of a run whose environment is a cache hit, versus the same run without setup; the environment's size.
 4. Tokens (bench/tokens.py): the calculator exercise and a 40-step run, input billed at full price
    versus cache price per step, next to a loop that neither caches nor trims.
+5. Host (bench/host.py): the host's memory and CPU per concurrent batch task, versus a fresh interpreter per run.
 1 and 2 are measured under runc and, when it is registered, under gVisor's runsc, side by side.
 Numbers, not pass/fail: machines are noisy, so nothing here is asserted.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import docker
 
-from bench import setup_phase, tokens
+from bench import host, setup_phase, tokens
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text
 from orchestrator.run.config import new_run_id
@@ -43,7 +44,7 @@ def _ms(seconds: list[float]) -> str:
 
 def tool_round_trip(client: docker.DockerClient, runtime: str) -> tuple[list[float], list[float]]:
     spec = SandboxSpec(image=DEFAULT_IMAGE, run_id=f"bench-{new_run_id()}", runtime=runtime)
-    box = DockerBackend(client).start(spec)
+    box = DockerBackend(client=client).start(spec)
     sandbox = Sandbox(box, spec)
     try:
         sandbox.copy_in(CALCULATOR_REPO)
@@ -111,6 +112,7 @@ def main() -> None:
     print()
     setup_phase.main(time_to_first_request, _ms)
     tokens.main()
+    host.main()
 
 
 if __name__ == "__main__":

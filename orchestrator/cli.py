@@ -81,7 +81,8 @@ def run(
         str | None, typer.Option(help="Container runtime: runc, or runsc for gVisor's own kernel, if registered with Docker (default: runc).")
     ] = None,
     verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
-    backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
+    backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)} (Docker: the engine DOCKER_HOST names).")] = DEFAULT_BACKEND,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace of the sandbox pod (default: the kubeconfig context's).")] = None,
     setup: Annotated[
         list[str] | None,
         typer.Option(
@@ -126,11 +127,19 @@ def run(
         backend=check_backend(backend),
         rebuild_env=rebuild_env,
         setup_secrets=secrets,
+        location=_location(backend, namespace),
     )
     adapter = make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)
     record = _execute(config, adapter)
     _print_outputs(config.out)
     raise typer.Exit(record.exit_code)
+
+
+def _location(backend: str, namespace: str | None) -> str | None:
+    """Where the backend places boxes: the Kubernetes namespace; a Docker engine comes from DOCKER_HOST."""
+    if namespace is not None and check_backend(backend) != "kubernetes":
+        raise UsageError("--namespace is for --backend kubernetes")
+    return namespace
 
 
 def _model_name(provider: str, model: str | None) -> str:
@@ -173,7 +182,7 @@ def replay(
 def batch(
     tasks: Annotated[Path, typer.Argument(help="Tasks: JSON Lines (.jsonl), YAML (.yaml/.yml), or a plain list of repos (one a line, with --task).")],
     out: Annotated[Path, typer.Option(help="Results folder: OUT/<id>/ per task, summary.json, predictions.jsonl. Re-running resumes.")],
-    jobs: Annotated[int, typer.Option(min=1, help="Tasks running at once, each in its own sandbox.")] = 2,
+    jobs: Annotated[int, typer.Option(min=1, help="Tasks running at once on each engine, each in its own sandbox.")] = 2,
     task: Annotated[str | None, typer.Option(help="The task for every repo of a plain or YAML list, and for entries without one.")] = None,
     provider: Annotated[str, typer.Option(help=f"Model API of every task: {' or '.join(PROVIDERS)}.")] = DEFAULT_PROVIDER,
     model: Annotated[str | None, typer.Option(help=f"Model for tasks that do not name one (default for anthropic: {DEFAULT_MODEL}).")] = None,
@@ -201,8 +210,19 @@ def batch(
     setup: Annotated[
         list[str] | None, typer.Option(metavar="CMD", help="Setup command of tasks without their own `setup`, repeatable ('auto' detects).")
     ] = None,
+    backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL[=N]",
+            help="A Docker engine to spread the tasks over (unix://, tcp:// or ssh://), repeatable; at most N tasks there at once "
+            "(default: --jobs). Default: the engine DOCKER_HOST names.",
+        ),
+    ] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace of the sandbox pods (default: the kubeconfig context's).")] = None,
 ) -> None:
     """Run many tasks (repos x task) in parallel sandboxes, resumable, with a live board and a summary."""
+    from orchestrator.batch.placement import parse_engines
     from orchestrator.batch.scheduler import BatchOptions, check_protocols, run_batch
     from orchestrator.batch.tasks import Defaults
 
@@ -211,6 +231,7 @@ def batch(
     if timeout is not None and not timeout > 0:
         raise UsageError(f"--timeout must be more than 0, not {timeout:g}")
     protocols = check_protocols(allow_protocol or ["https"])
+    engines = tuple(parse_engines(backend, engine or [], namespace, jobs))
     model = _model_name(provider, model)
     resolve_api_key(provider, api_key_env)  # fail the whole batch up front, not every task alike
     access = ["--provider", provider, *(["--base-url", base_url] if base_url else []), *(["--api-key-env", api_key_env] if api_key_env else [])]
@@ -222,7 +243,13 @@ def batch(
         setup=tuple(setup or ()),
     )  # fmt: skip
     options = BatchOptions(
-        out=out.resolve(), jobs=jobs, max_total_cost=max_total_cost, redo=redo, cache=cache.resolve() if cache else None, allowed_protocols=protocols
+        out=out.resolve(),
+        jobs=jobs,
+        max_total_cost=max_total_cost,
+        redo=redo,
+        cache=cache.resolve() if cache else None,
+        allowed_protocols=protocols,
+        engines=engines,
     )
     raise typer.Exit(run_batch(tasks, defaults, options, skip_invalid=skip_invalid, console=console, err_console=err_console))
 
@@ -278,11 +305,19 @@ def apply(
 @app.command()
 def doctor(
     image: Annotated[str | None, typer.Option(help="Sandbox image to check.")] = None,
+    backend: Annotated[str, typer.Option(help=f"The backend to check: {', '.join(BACKENDS)} (Docker: the engine DOCKER_HOST names).")] = DEFAULT_BACKEND,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace (default: the kubeconfig context's).")] = None,
 ) -> None:
-    """Check the Docker daemon, runc, the sandbox image, gVisor, the API key and the openai provider, and say what to do about each."""
+    """Check the Docker daemon (or the Kubernetes cluster), runc, the sandbox image, gVisor, the API key and the openai provider, and say what to do about each."""
     from orchestrator.doctor import render, run_checks
 
-    checks = run_checks(image or DEFAULT_IMAGE)
+    location = _location(backend, namespace)
+    if backend == "kubernetes":
+        from orchestrator.doctor_kubernetes import run_checks as kubernetes_checks
+
+        checks = kubernetes_checks(image or DEFAULT_IMAGE, location)
+    else:
+        checks = run_checks(image or DEFAULT_IMAGE)
     render(checks, console)
     raise typer.Exit(0 if all(check.ok or not check.required for check in checks) else 1)
 
@@ -326,10 +361,11 @@ def policy_check(
 @app.command()
 def gc(
     all_: Annotated[bool, typer.Option("--all", help="Remove every airlock sandbox, not only those whose airlock process is gone.")] = False,
-    backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
+    backend: Annotated[str, typer.Option(help=f"Where the sandboxes run: {', '.join(BACKENDS)} (Docker: the engine DOCKER_HOST names).")] = DEFAULT_BACKEND,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace (default: the kubeconfig context's).")] = None,
 ) -> None:
     """Remove sandbox containers (and egress proxies, setup networks) left behind by airlock processes that were killed."""
-    chosen = get_backend(backend)
+    chosen = get_backend(backend, _location(backend, namespace))
     removed = chosen.remove_stale(everything=all_)
     console.print(f"removed {len(removed)} sandbox container(s)" + (f": {', '.join(removed)}" if removed else ""))
     envs = chosen.environments().all()

@@ -19,7 +19,7 @@ import docker.errors
 import requests.exceptions
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.docker_client import UNREACHABLE_FIX, DockerUnreachable, docker_client
+from orchestrator.sandbox.docker_client import DockerUnreachable, docker_client, engine_address, unreachable_fix
 from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
 from orchestrator.terminal import safe
 
@@ -49,7 +49,7 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
     try:
         client = docker_client()
     except DockerUnreachable as exc:
-        checks.append(Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", UNREACHABLE_FIX))
+        checks.append(Check("Docker daemon", False, f"not reachable at {exc.where}: {exc.cause}", unreachable_fix(exc.where)))
         skipped = "skipped: Docker is not reachable"
         checks += [
             Check("runc", False, skipped, required=False),
@@ -68,14 +68,18 @@ def run_checks(image: str = DEFAULT_IMAGE) -> list[Check]:
             checks.append(_gvisor_check(client, info, image if image_check.ok else None))
         finally:
             client.close()
-    checks += [_api_key_check(), _openai_check()]
-    return checks
+    return checks + model_checks()
+
+
+def model_checks() -> list[Check]:
+    """The API key and the optional provider: the same whichever backend runs the sandbox."""
+    return [_api_key_check(), _openai_check()]
 
 
 def _daemon_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
     cgroup = info.get("CgroupVersion") or "?"
     detail = (
-        f"Docker {version.get('Version', '?')}, API {version.get('ApiVersion', '?')}, "
+        f"Docker {version.get('Version', '?')} at {engine_address()}, API {version.get('ApiVersion', '?')}, "
         f"storage {info.get('Driver', '?')}, cgroup v{cgroup} ({info.get('CgroupDriver', '?')})"
     )
     return Check("Docker daemon", True, detail)

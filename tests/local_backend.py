@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from orchestrator.errors import SandboxError
@@ -67,6 +67,8 @@ class LocalStream:
 
 
 class LocalBox:
+    has_tools = False
+
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
         self.root = tempfile.mkdtemp(prefix=f"airlock-local-{spec.run_id}-")
@@ -112,6 +114,9 @@ class LocalBackend:
 
     def __init__(self) -> None:
         self.boxes: list[LocalBox] = []
+
+    def prepare(self, spec: SandboxSpec, log: Callable[[str], None]) -> dict[str, Any]:
+        return {}
 
     def start(self, spec: SandboxSpec) -> LocalBox:
         box = LocalBox(spec)

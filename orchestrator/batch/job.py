@@ -12,14 +12,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator.batch.launcher import RunProcess, launch
+from orchestrator.batch.placement import Engine
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
 from orchestrator.policy.pricing import cost_usd
@@ -57,7 +57,7 @@ class Job:
     task: BatchTask
     out: Path
     state: State = "queued"
-    proc: subprocess.Popen[bytes] | None = None
+    proc: RunProcess | None = None
     clone: Future[Path] | None = None
     started: float | None = None  # time.monotonic()
     ended: float | None = None
@@ -68,6 +68,7 @@ class Job:
     status: str | None = None  # the final status, as in run.json, or a batch one: not_started, clone_failed, crashed
     error: str | None = None
     moved_to: Path | None = None
+    engine: Engine | None = None  # where it runs; taken when it starts (or starts cloning)
     _offset: int = 0
     _partial: bytes = b""
 
@@ -102,13 +103,13 @@ class Job:
         task_file.write_text(self.task.task, encoding="utf-8")
         policy_file = self.out / POLICY_NAME  # kept with the run: the policy it ran under, and what it was made of
         policy_file.write_text(self.task.policy.to_toml(), encoding="utf-8")
-        cmd = [
-            sys.executable, "-m", "orchestrator", "run", str(repo), "--task-file", str(task_file), "--out", str(self.out),
-            *self.task.run_options(policy_file), "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
+        where = self.engine
+        args = [
+            str(repo), "--task-file", str(task_file), "--out", str(self.out), *self.task.run_options(policy_file), *(where.run_options() if where else []),
+            "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
         ]  # fmt: skip
-        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160")}
-        with open(self.out / LOG_NAME, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), **(where.env() if where else {})}
+        self.proc = launch(args, env, self.out / LOG_NAME)
         self.state, self.started = "running", time.monotonic()
 
     def stop_file(self, coordination: Path) -> Path:

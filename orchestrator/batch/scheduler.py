@@ -10,7 +10,9 @@ the live display and the money spent, notice runs that ended, and apply the batc
 - the shared 429 backoff: while the API has asked to wait, no new task starts either (the runs
   themselves wait through orchestrator.providers.backoff);
 - Ctrl-C: every run is interrupted (they save their patch and remove their sandbox), waited for within
-  a bound, killed past it, and their sandboxes removed by label; the summary is still written.
+  a bound, killed past it, and their sandboxes removed by label; the summary is still written;
+- engines (orchestrator.batch.placement): each task runs on the engine with the most room; one that stops
+  answering gets no new task, and its failed tasks are marked to run again on resume.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,14 +33,16 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.batch.job import UNFINISHED, Job, read_record
+from orchestrator.batch.placement import Engine, mark_lost, pick, was_lost
 from orchestrator.batch.progress import BatchDisplay, Overview, Row, money
 from orchestrator.batch.repo_source import CloneError, RepoCache
 from orchestrator.batch.summary import print_table, task_row, totals, write_json, write_predictions
 from orchestrator.batch.tasks import BatchTask, Defaults, load_tasks
-from orchestrator.errors import UsageError
+from orchestrator.errors import SandboxError, UsageError
 from orchestrator.policy.model import load_policy
 from orchestrator.providers.backoff import SharedBackoff
 from orchestrator.sandbox.backends import get_backend
+from orchestrator.sandbox.spec import SandboxSpec
 from orchestrator.terminal import safe
 
 POLL_S = 0.3
@@ -54,6 +58,7 @@ class BatchOptions:
     redo: bool = False
     cache: Path | None = None  # default: OUT/.cache/repos
     allowed_protocols: tuple[str, ...] = ("https",)
+    engines: tuple[Engine, ...] = ()  # default: DOCKER_HOST's engine, --jobs tasks at once
 
 
 def _now() -> str:
@@ -73,6 +78,8 @@ class Batch:
         self.notice: str | None = None
         self._backoff_seen: float | None = None
         self._started = time.monotonic()
+        self.engines = list(options.engines) or [Engine("docker", None, options.jobs)]
+        self._checks: dict[Engine, Future[str | None]] = {}  # engines being asked whether they still answer
         # Set by run(): the folder of task texts, stop files and the shared backoff file; the clone threads.
         self.coordination: Path
         self.backoff: SharedBackoff
@@ -86,12 +93,13 @@ class Batch:
         with self._results_lock(), self._signals(), tempfile.TemporaryDirectory(prefix="airlock-batch-") as coordination:
             self.coordination = Path(coordination)  # task texts, stop files and the shared backoff file
             self.backoff = SharedBackoff(self.coordination / "rate-limit")
-            self.executor = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="airlock-clone")
+            workers = sum(engine.jobs for engine in self.engines) + len(self.engines)  # clones, and engine checks
+            self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="airlock-batch")
             try:
                 with self.display:
                     self._resume()
                     if any(job.state == "queued" for job in self.jobs):
-                        _check_can_run()
+                        self._prepare_engines()
                     try:
                         self._loop()
                     except BaseException:  # a bug of ours: never leave runs or sandboxes behind
@@ -137,7 +145,7 @@ class Batch:
         """Tasks finished by an earlier invocation are kept as they are, unless --redo."""
         for job in self.jobs:
             record = read_record(job.out)
-            if record is None or record.get("status") in UNFINISHED or self.options.redo:
+            if record is None or record.get("status") in UNFINISHED or was_lost(job.out) or self.options.redo:
                 continue
             job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
             self.display.log(f"{safe(job.id).markup} skipped: finished earlier ({safe(job.status).markup})")
@@ -154,6 +162,10 @@ class Batch:
                     self._ended(job)
             elif job.state == "cloning" and job.clone is not None and job.clone.done():
                 self._cloned(job)
+        for engine, check in list(self._checks.items()):
+            if check.done():
+                del self._checks[engine]
+                self._checked(engine, check.result())
 
     def _cloned(self, job: Job) -> None:
         try:
@@ -176,8 +188,15 @@ class Batch:
                 self._backoff_seen = deadline
                 self.display.log(f"[yellow]rate limited by the API (429): no new task starts for {wait:.1f} s[/]")
             return
-        free = self.options.jobs - sum(job.state in ACTIVE for job in self.jobs)
-        for job in [job for job in self.jobs if job.state == "queued"][: max(free, 0)]:
+        busy = [job.engine for job in self.jobs if job.state in ACTIVE and job.engine is not None]
+        for job in [job for job in self.jobs if job.state == "queued"]:
+            if all(engine.down for engine in self.engines):
+                job.not_started("not started: every engine stopped answering")
+                continue
+            if (engine := pick(self.engines, busy)) is None:
+                break
+            busy.append(engine)
+            job.engine = engine
             if job.task.url is not None:
                 job.state = "cloning"
                 job.clone = self.executor.submit(self.cache.fetch, job.task.url, job.task.ref)
@@ -194,7 +213,8 @@ class Batch:
             self._ended(job)
             return
         moved = f" (its earlier run is kept in {job.moved_to})" if job.moved_to else ""
-        self.display.log(f"{safe(job.id).markup} started{safe(moved).markup}")
+        where = f" on {job.engine.label}" if job.engine is not None and len(self.engines) > 1 else ""
+        self.display.log(f"{safe(job.id).markup} started{safe(where + moved).markup}")
 
     def _ended(self, job: Job) -> None:
         record = job.record or {}
@@ -208,7 +228,55 @@ class Batch:
         self.display.log(f"{safe(job.id).markup} [{style}]{safe(job.status).markup}[/]{verdict} · {details}{error}")
         if job.status == "crashed":  # a run that died uncleanly may have left its sandbox
             _remove_sandboxes_of([job])
+        if job.status in ("sandbox_error", "crashed") and job.engine is not None:
+            self._suspect(job.engine, job)
         self.display.progress(self._overview())
+
+    # --- engines -----------------------------------------------------------------------------------------
+
+    def _prepare_engines(self) -> None:
+        """Fail the whole batch up front, with one line, when an engine does not answer; make each task's
+        image present on each engine (a Docker engine that lacks it is sent this machine's)."""
+        images = sorted({job.task.sandbox_image for job in self.jobs if job.state == "queued"})
+        seen: dict[str, dict[str, str]] = {}  # image -> engine -> id
+        for engine in self.engines:
+            backend = get_backend(engine.backend, engine.location)
+            backend.remove_stale()  # exit 3 with what to do when the engine does not answer
+            for image in images:
+                recorded = backend.prepare(SandboxSpec(image=image, run_id="batch"), lambda line: self.display.log(safe(line).markup))
+                if "image_id" in recorded:
+                    seen.setdefault(image, {})[engine.label] = recorded["image_id"]
+        for image, ids in seen.items():
+            if len(set(ids.values())) > 1:
+                which = ", ".join(f"{where}: {image_id[7:19]}" for where, image_id in ids.items())
+                self.display.log(f"[yellow]warning: the engines hold different images as {safe(image).markup} ({safe(which).markup})[/]")
+
+    def _suspect(self, engine: Engine, job: Job) -> None:
+        """A task failed on `engine`: if the engine itself stopped answering, the task is marked to run again."""
+        if engine.down:
+            self._lost(engine, job.out, job)
+            return
+        engine.suspects.append(job.out)
+        if engine not in self._checks:
+            self._checks[engine] = self.executor.submit(_why_down, engine)
+
+    def _checked(self, engine: Engine, down: str | None) -> None:
+        suspects, engine.suspects = engine.suspects, []
+        if down is None:
+            return
+        engine.down = down
+        running = sum(job.state == "running" and job.engine is engine for job in self.jobs)
+        self.display.log(
+            f"[red]engine {safe(engine.label).markup} stopped answering ({safe(down).markup})[/]: its {len(suspects) + running} task(s) fail "
+            "and run again when the batch is resumed; the batch goes on on the other engines"
+        )
+        for out in suspects:
+            self._lost(engine, out, next((job for job in self.jobs if job.out == out), None))
+
+    def _lost(self, engine: Engine, out: Path, job: Job | None) -> None:
+        mark_lost(out, engine)
+        if job is not None:
+            job.error = f"{job.error or job.status}; its engine {engine.label} stopped answering: a resumed batch runs it again"
 
     # --- batch-wide rules ------------------------------------------------------------------------------
 
@@ -322,16 +390,29 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _check_can_run() -> None:
-    """Fail the whole batch up front, with one line, for what would fail every task alike."""
-    get_backend().remove_stale()  # exit 3 with what to do when the engine does not answer
+def _why_down(engine: Engine) -> str | None:
+    """None if the engine answers (tidying up its abandoned sandboxes on the way), else why not."""
+    try:
+        get_backend(engine.backend, engine.location).remove_stale()
+    except SandboxError as exc:
+        return getattr(exc, "cause", None) or str(exc)
+    except Exception as exc:  # whatever the client raises for a half-dead engine
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _remove_sandboxes_of(jobs: list[Job]) -> None:
     """Remove the sandboxes of runs that died or were killed, and any other abandoned one; never fails the batch."""
-    runs = [str(record["run_id"]) for job in jobs if (record := read_record(job.out)) and "run_id" in record]
-    with contextlib.suppress(Exception):  # tidying up must never fail the batch; `airlock gc` can finish it
-        get_backend().remove_stale(runs=runs)
+    by_engine: dict[Engine | None, list[str]] = {}
+    for job in jobs:
+        if (record := read_record(job.out)) and "run_id" in record:
+            by_engine.setdefault(job.engine, []).append(str(record["run_id"]))
+    for engine, runs in by_engine.items():
+        if engine is not None and engine.down:
+            continue  # gone: `airlock gc` there removes them once it is back
+        with contextlib.suppress(Exception):  # tidying up must never fail the batch; `airlock gc` can finish it
+            backend = get_backend(engine.backend, engine.location) if engine is not None else get_backend()
+            backend.remove_stale(runs=runs)
 
 
 _PROTOCOL = re.compile(r"^[a-z][a-z0-9+.-]*$")

@@ -44,6 +44,7 @@ def task_row(job: Job) -> dict[str, Any]:
         "duration_s": record.get("duration_s", round(job.elapsed(), 2)),
         "files_changed": (record.get("patch") or {}).get("files_changed", 0),
         "error": job.error,
+        "engine": job.engine.location if job.engine is not None and ran else None,  # None: the default one
         "out": str(job.out) if ran else None,
     }
 

@@ -26,6 +26,7 @@ from orchestrator.policy.model import Policy, Price, SetupPolicy, load_policy
 from orchestrator.policy.pricing import price_for
 from orchestrator.providers import DEFAULT_MODEL
 from orchestrator.sandbox.egress import covers
+from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RESERVED_IDS = {"summary.json", "predictions.jsonl", "report.html"}  # the batch's own files in the results folder
@@ -86,6 +87,7 @@ class BatchTask:
     held: tuple[str, ...] = ()  # what the task asked for beyond the operator's ceiling
     price: Price | None = None  # None: the cost is unknown
     model_access: tuple[str, ...] = ()
+    sandbox_image: str = DEFAULT_IMAGE  # the image its sandbox runs: `image`, else its policy's
 
     def run_options(self, policy_file: Path) -> list[str]:
         """The `airlock run` options that carry this task's settings; its policy is written to `policy_file`."""
@@ -225,6 +227,7 @@ class _Checker:
         if policy is not None:
             resolved["policy"], resolved["held"] = policy
             resolved["price"] = self._price(resolved["policy"], resolved["model"], problems)
+            resolved["sandbox_image"] = resolved["policy"].sandbox.image
         return resolved
 
     def _setup(self, entry: TaskEntry, policy: Policy, ceiling: Policy, problems: list[str]) -> Policy | None:

@@ -186,6 +186,45 @@ class SetupPolicy(_Section):
         return value
 
 
+_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+class KubernetesPolicy(_Section):
+    """Only for --backend kubernetes: where and how the sandbox pods run."""
+
+    runtime_class: str | None = Field(None, max_length=253)  # the pod's runtimeClassName, e.g. "gvisor"
+    node_selector: dict[str, str] = Field(default_factory=dict)  # labels of the nodes sandbox pods may run on
+    egress_probe: list[str] = Field(default_factory=list)  # more "host:port" the egress probe must find closed
+
+    @field_validator("runtime_class")
+    @classmethod
+    def _runtime_class(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Kubernetes object name (lowercase letters, digits, '-' and '.')")
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL_KEY.fullmatch(key) or len(key.rpartition("/")[2]) > 63:
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+            if not _LABEL_VALUE.fullmatch(label) or len(label) > 63:
+                raise ValueError(f"{label!r} (for {key!r}) is not a Kubernetes label value")
+        return value
+
+    @field_validator("egress_probe")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        for target in value:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{target!r} is not host:port")
+        return value
+
+
 class Policy(_Section):
     limits: LimitsPolicy = Field(default_factory=LimitsPolicy)
     budget: BudgetPolicy = Field(default_factory=BudgetPolicy)
@@ -194,6 +233,7 @@ class Policy(_Section):
     network: NetworkPolicy = Field(default_factory=NetworkPolicy)
     sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
     setup: SetupPolicy = Field(default_factory=SetupPolicy)
+    kubernetes: KubernetesPolicy = Field(default_factory=KubernetesPolicy)
     # Where it came from; provenance, not content, so it is neither TOML nor part of equality.
     _source: str = PrivateAttr(default=BUILT_IN)
     _overrides: tuple[str, ...] = PrivateAttr(default=())
@@ -435,7 +475,7 @@ def _line_of(loc: tuple[int | str, ...], lines: dict[tuple[str, ...], int]) -> i
 
 # --- rendering TOML (flat values, lists of strings, nested tables) ------------------------------------------
 
-_UNSET = {"allow": "every command is allowed", "ca_bundle": "the sandbox image's certificates"}
+_UNSET = {"allow": "every command is allowed", "ca_bundle": "the sandbox image's certificates", "runtime_class": "the cluster's default runtime"}
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 

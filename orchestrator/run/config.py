@@ -28,6 +28,7 @@ class RunConfig:
     backend: str = "docker"  # the sandbox backend, by name (orchestrator.sandbox.backends)
     rebuild_env: bool = False  # build the setup's environment even if one with its key exists
     setup_secrets: dict[str, str] = field(default_factory=dict, repr=False)  # name -> value, for the setup commands only
+    location: str | None = None  # where it places boxes (a Kubernetes namespace); None: its default
 
 
 def check_repo(repo: Path) -> Path:

@@ -49,11 +49,12 @@ LIFETIME_MARGIN_S = 1800.0
 
 def sandbox_spec(policy: Policy, run_id: str) -> SandboxSpec:
     """The sandbox a policy asks for (the sandbox layer never sees the policy itself)."""
-    limits = policy.limits
+    limits, kubernetes = policy.limits, policy.kubernetes
     return SandboxSpec(
         image=policy.sandbox.image, run_id=run_id, cpus=limits.cpus, memory=limits.memory, disk=limits.disk,
         pids=limits.pids, command_timeout=limits.command_timeout, runtime=policy.sandbox.runtime, user=policy.sandbox.user,
         max_output_bytes=limits.max_output_chars - OUTPUT_MARKER_ROOM, lifetime_s=limits.timeout + LIFETIME_MARGIN_S,
+        runtime_class=kubernetes.runtime_class, node_selector=dict(kubernetes.node_selector), egress_probe=tuple(kubernetes.egress_probe),
     )  # fmt: skip
 
 
@@ -93,7 +94,7 @@ class Run:
     def __init__(self, config: RunConfig, provider: Provider, console: Console, backend: Backend | None = None) -> None:
         self.config = config
         self.provider = provider
-        self.backend = backend or get_backend(config.backend)
+        self.backend = backend or get_backend(config.backend, config.location)
         self.trace = Trace(console)
         self.console = console
         self.spec = sandbox_spec(config.policy, config.run_id)
@@ -222,6 +223,7 @@ class Run:
             raise  # the backend cannot be reached at all: say so now
         except Exception as exc:  # tidying up after others must never end this run
             self.trace.note(f"could not remove stale sandboxes: {exc}")
+        self.record.sandbox |= self.backend.prepare(self.spec, self.trace.note)  # e.g. the image sent to a remote engine
         return Sandbox(self.backend.start(self.spec), self.spec)
 
     def _copy_repo(self, sandbox: Sandbox) -> CopyStats:

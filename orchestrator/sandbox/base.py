@@ -8,7 +8,7 @@ Everything a stream returns is untrusted data.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +17,7 @@ from orchestrator.errors import SandboxError
 from orchestrator.sandbox.spec import Layout, SandboxSpec
 
 ROOT_USER = "0:0"
+Log = Callable[[str], None]
 
 
 class NameInUse(SandboxError):
@@ -51,6 +52,28 @@ class EnvironmentStore(Protocol):
     def remove(self, env: Environment) -> None: ...
 
 
+class NoEnvironments:
+    """The store of a backend that keeps no environment images: nothing is found, and a setup phase is refused."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def image_id(self, image: str) -> str:
+        raise SandboxError(f"a setup phase needs environment images, which --backend {self.backend} does not keep yet: use --backend docker")
+
+    def find(self, key: str) -> Environment | None:
+        return None
+
+    def save(self, key: str, base_image: str, archive: Path, labels: dict[str, str]) -> Environment:
+        return Environment(key, self.image_id(base_image))
+
+    def all(self) -> list[Environment]:
+        return []
+
+    def remove(self, env: Environment) -> None:
+        pass
+
+
 class Stream(Protocol):
     """One process in a box, with its stdin and stdout attached; stderr is kept as a short tail."""
 
@@ -75,6 +98,8 @@ class Box(Protocol):
 
     id: str
     layout: Layout
+    # The backend put the tool code in place itself, read-only (Kubernetes cannot exec as root to write it).
+    has_tools: bool
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
         """Start `cmd` in the box as `user` ("uid:gid"); raises SandboxError if it cannot be started."""
@@ -94,6 +119,10 @@ class Box(Protocol):
 
 class Backend(Protocol):
     name: str
+
+    def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
+        """Make sure what a box of `spec` needs is where boxes start (its image, ...), saying what it does
+        through `log`; returns what run.json records of it. Raises SandboxError."""
 
     def start(self, spec: SandboxSpec) -> Box:
         """A running, hardened box made from `spec`; raises SandboxError (nothing is left behind)."""

@@ -15,9 +15,6 @@ remove containers that have stopped, or that outlived the deadline their labels 
 
 from __future__ import annotations
 
-import os
-import select
-import socket
 import time
 from collections.abc import Collection
 from typing import Any
@@ -28,22 +25,18 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import NameInUse, Stream
+from orchestrator.sandbox.base import Log, NameInUse, Stream
 from orchestrator.sandbox.channel import run_command
-from orchestrator.sandbox.docker_client import docker_client, parse_time
+from orchestrator.sandbox.docker_client import docker_client, engine_address, parse_time
 from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, remove_outdated_proxy_images, start_proxy
 from orchestrator.sandbox.docker_environments import DockerEnvironments
-from orchestrator.sandbox.spec import ENV_ROOT, Layout, SandboxSpec
+from orchestrator.sandbox.engines import ensure_image, local_engine_client
+from orchestrator.sandbox.hijack import pipe_of
+from orchestrator.sandbox.spec import DEADLINE_LABEL, ENV_ROOT, Layout, SandboxSpec, owner_labels, owner_tag, sandbox_labels
 
-LABEL = "airlock.sandbox"
-DEADLINE_LABEL = "airlock.deadline"
-# Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id; airlock then
-# tidies up only that owner's sandboxes, so jobs sharing an engine never touch each other's.
-OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 # The container's main process and init: not the agent's uid, so its commands cannot kill, stop or trace them.
 KEEPER_USER = "65534:65534"
 STDERR_TAIL_BYTES = 4096
-SEND_TIMEOUT_S = 120.0  # a box that stops reading its stdin cannot block the host forever
 CREATED_GRACE_S = 300.0  # a container another airlock created but has not started yet is not abandoned
 _STDOUT, _STDERR = 1, 2
 _HEADER = 8  # Docker's multiplexed stream: 1 byte stream type, 3 zero bytes, 4 bytes big-endian size
@@ -57,29 +50,6 @@ def _tmpfs(size: int, *, owner: str | None = None, mode: str = "0755", exec_: bo
         uid, gid = owner.split(":")
         opts += [f"uid={uid}", f"gid={gid}"]
     return ",".join(opts)
-
-
-def owner_labels(spec: SandboxSpec) -> dict[str, str]:
-    """Labels that identify a sandbox, its owner and how long it may live, so leftovers can be found."""
-    labels = {
-        LABEL: "1",
-        "airlock.run-id": spec.run_id,
-        "airlock.host": socket.gethostname(),
-        "airlock.pid": str(os.getpid()),
-        DEADLINE_LABEL: str(int(time.time() + spec.lifetime_s)),
-    }
-    return labels | owner_tag()
-
-
-def owner_tag() -> dict[str, str]:
-    """The owner label, when AIRLOCK_OWNER names one."""
-    owner = os.environ.get(OWNER_ENV)
-    return {OWNER_LABEL: owner} if owner else {}
-
-
-def sandbox_labels() -> list[str]:
-    """The label filter that finds this owner's sandboxes (every airlock sandbox when no owner is set)."""
-    return [LABEL, *(f"{key}={value}" for key, value in owner_tag().items())]
 
 
 def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, Any]:
@@ -127,28 +97,22 @@ def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, An
     )
 
 
-def _raw_socket(stream: Any) -> Any:
-    """The socket under what docker-py returns for a hijacked connection."""
-    return getattr(stream, "_sock", stream)
-
-
 class DockerStream:
     """One attached exec. Docker multiplexes its stdout and stderr over one connection in frames; every
-    read first waits on the socket with the time left, so a box that stops answering cannot block the host."""
+    read first waits on the connection with the time left, so a box that stops answering cannot block the host."""
 
     def __init__(self, api: docker.APIClient, exec_id: str, connection: Any) -> None:
         self._api, self.exec_id = api, exec_id
-        self._connection = connection  # keeps docker-py's response (and so the socket) alive
-        self._sock = _raw_socket(connection)
-        self._sock.settimeout(SEND_TIMEOUT_S)
+        self._connection = connection  # keeps docker-py's response (and so the connection) alive
+        self._pipe = pipe_of(connection)
         self._buffer = bytearray()
         self.stderr_tail = b""
 
     def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        self._pipe.send(data)
 
     def close_stdin(self) -> None:
-        self._sock.shutdown(socket.SHUT_WR)
+        self._pipe.close_write()
 
     def next_stdout(self, deadline: float | None) -> bytes | None:
         while True:
@@ -166,8 +130,7 @@ class DockerStream:
     def _read_exact(self, size: int, deadline: float | None) -> bytes | None:
         """`size` bytes, or None at a clean end of stream (nothing buffered)."""
         while len(self._buffer) < size:
-            self._wait_readable(deadline)
-            chunk = self._sock.recv(max(65536, size - len(self._buffer)))
+            chunk = self._pipe.recv(deadline)
             if not chunk:
                 if self._buffer:
                     raise OSError("the sandbox's output stream ended in the middle of a frame")
@@ -177,17 +140,6 @@ class DockerStream:
         del self._buffer[:size]
         return data
 
-    def _wait_readable(self, deadline: float | None) -> None:
-        pending = getattr(self._sock, "pending", None)  # TLS: bytes already decrypted wait in the SSL layer
-        if pending is not None and pending():
-            return
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError
-        readable, _, _ = select.select([self._sock], [], [], timeout)
-        if not readable:
-            raise TimeoutError
-
     def exit_code(self) -> int | None:
         try:
             return self._api.exec_inspect(self.exec_id).get("ExitCode")
@@ -195,22 +147,19 @@ class DockerStream:
             return None
 
     def close(self) -> None:
-        for closable in (self._connection, self._sock):
-            try:
-                closable.close()
-            except OSError:
-                pass
+        self._pipe.close()
 
 
 class DockerBox:
     """One started container and the attach that keeps it alive."""
 
     layout = LAYOUT
+    has_tools = False  # the driver writes the tool code as root into a root-owned tmpfs
 
     def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any, proxy: Proxy | None = None) -> None:
         self.client, self.spec, self.container = client, spec, container
         self.id: str = container.id or ""
-        self._lifeline = lifeline
+        self._lifeline = pipe_of(lifeline)
         self.proxy = proxy
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
@@ -246,12 +195,9 @@ class DockerBox:
 
     def remove(self) -> None:
         remove_run(self.client, self.spec.run_id, also=self.container)
-        for lifeline in (self._lifeline, self.proxy.lifeline if self.proxy else None):
-            try:
-                if lifeline is not None:
-                    _raw_socket(lifeline).close()
-            except OSError:
-                pass
+        self._lifeline.close()
+        if self.proxy is not None:
+            pipe_of(self.proxy.lifeline).close()
 
 
 def remove_run(client: docker.DockerClient, run_id: str, also: Container | None = None) -> None:
@@ -269,14 +215,24 @@ def remove_run(client: docker.DockerClient, run_id: str, also: Container | None 
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, client: docker.DockerClient | None = None) -> None:
+    def __init__(self, engine: str | None = None, client: docker.DockerClient | None = None) -> None:
+        self.engine = engine_address(engine)  # where the containers go: DOCKER_HOST's engine unless told
         self._client = client
 
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = docker_client()
+            self._client = docker_client(self.engine)
         return self._client
+
+    def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
+        source = local_engine_client(self.engine)
+        try:
+            image_id = ensure_image(self.client, spec.image, where=self.engine, source=source, log=log)
+        finally:
+            if source is not None:
+                source.close()
+        return {"engine": self.engine, "image_id": image_id}
 
     def start(self, spec: SandboxSpec) -> DockerBox:
         client = self.client
@@ -317,11 +273,10 @@ class DockerBackend:
         return removed
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
+        return {"backend": self.name, "engine": self.engine}
 
     def environments(self) -> DockerEnvironments:
-        owner = os.environ.get(OWNER_ENV)
-        return DockerEnvironments(self.client, {OWNER_LABEL: owner} if owner else {})
+        return DockerEnvironments(self.client, owner_tag())
 
 
 def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:

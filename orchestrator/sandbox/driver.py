@@ -76,6 +76,8 @@ class Sandbox:
         return stats[0]
 
     def install_tools(self) -> None:
+        if self.box.has_tools:
+            return
         archive = tools_tar()
         self.exec(["tar", "-x", "--no-same-owner", "-f", "-", "-C", self.layout.tools_parent], user=ROOT_USER, feed_stdin=lambda send: send(archive))
 

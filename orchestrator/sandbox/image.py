@@ -29,9 +29,8 @@ import requests.exceptions
 
 import sandbox_image
 from orchestrator.errors import SandboxError, UsageError
-from orchestrator.sandbox.docker_backend import owner_tag
 from orchestrator.sandbox.docker_client import docker_client
-from orchestrator.sandbox.spec import DEFAULT_IMAGE
+from orchestrator.sandbox.spec import DEFAULT_IMAGE, owner_tag
 
 BASE_ROOTFS_IMAGE = "airlock-base:bookworm"
 REGISTRY_BASE = "debian:bookworm-slim"

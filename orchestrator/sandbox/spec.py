@@ -5,9 +5,17 @@ The runner turns the policy into a `SandboxSpec`; the sandbox layer never sees t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+import time
+from dataclasses import dataclass, field
 
 DEFAULT_IMAGE = "airlock-sandbox:latest"
+# Labels every sandbox carries, whatever runs it, so that leftovers can be found.
+LABEL = "airlock.sandbox"
+DEADLINE_LABEL = "airlock.deadline"
+# Set AIRLOCK_OWNER to tag every sandbox with it (label airlock.owner), e.g. a CI job's id.
+OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 # Commands are capped in the sandbox a little below the policy's max_output_chars, leaving room for the
 # dropped-bytes marker and the exit-code footer, so the host's own cap never cuts the result a second time.
 OUTPUT_MARKER_ROOM = 200
@@ -103,6 +111,11 @@ class SandboxSpec:
         processes, and each of them costs the host about two tasks of gVisor's sentry."""
         return self.runtime == "runsc"
 
+    # Kubernetes only: the pod's runtimeClassName and node selector, and more places the egress probe tries.
+    runtime_class: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    egress_probe: tuple[str, ...] = ()
+
     def record(self) -> dict[str, object]:
         return {
             "image": self.image,
@@ -114,3 +127,26 @@ class SandboxSpec:
             "runtime": self.runtime,
             "user": self.user,
         }
+
+
+def owner_labels(spec: SandboxSpec) -> dict[str, str]:
+    """Labels that identify a sandbox, its owner and how long it may live, so leftovers can be found."""
+    labels = {
+        LABEL: "1",
+        "airlock.run-id": spec.run_id,
+        "airlock.host": socket.gethostname(),
+        "airlock.pid": str(os.getpid()),
+        DEADLINE_LABEL: str(int(time.time() + spec.lifetime_s)),
+    }
+    return labels | owner_tag()
+
+
+def owner_tag() -> dict[str, str]:
+    """The owner label, when AIRLOCK_OWNER names one."""
+    owner = os.environ.get(OWNER_ENV)
+    return {OWNER_LABEL: owner} if owner else {}
+
+
+def sandbox_labels() -> list[str]:
+    """The label filter that finds this owner's sandboxes (every airlock sandbox when no owner is set)."""
+    return [LABEL, *(f"{key}={value}" for key, value in owner_tag().items())]

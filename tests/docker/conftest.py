@@ -14,9 +14,9 @@ import pytest
 from helpers import SESSION_OWNER, Result, airlock, airlock_env
 
 from orchestrator.providers.scripted import ScriptedModelServer, Turn
-from orchestrator.sandbox.docker_backend import LABEL, OWNER_LABEL
 from orchestrator.sandbox.docker_egress import NETWORK_LABEL
 from orchestrator.sandbox.docker_environments import ENV_LABEL
+from orchestrator.sandbox.spec import LABEL, OWNER_LABEL
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import docker
 from helpers import SESSION_OWNER
 
 from orchestrator.providers.scripted import reply, text, tool_use
-from orchestrator.sandbox.docker_backend import LABEL, OWNER_LABEL
+from orchestrator.sandbox.spec import LABEL, OWNER_LABEL
 
 
 def _inspect_running_sandbox(client: docker.DockerClient, seen: dict):

@@ -118,3 +118,54 @@ def test_policy_check_warns_about_a_reply_limit_over_a_quarter_of_the_window(tmp
     policy = write_policy(tmp_path, "[limits]\ncontext_window = 8192\nmax_reply_tokens = 4096\n")
     proc = airlock("policy", "check", str(policy))
     assert proc.returncode == 0 and "replies are limited to 2048 tokens" in proc.stderr
+
+
+def test_missing_kubernetes_package_says_how_to_install_it(calculator_repo: Path, tmp_path: Path) -> None:
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'kubernetes': raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from orchestrator.cli import main\n"
+        "sys.argv = ['airlock'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    for args in (["gc", "--backend", "kubernetes"], ["run", str(calculator_repo), "--task", "t", "--out", str(tmp_path / "out"), "--backend", "kubernetes"]):
+        proc = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, env=airlock_env(), cwd=PROJECT, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == "airlock: error: --backend kubernetes needs the kubernetes package: pip install 'airlock[kubernetes]'"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "REPO", "--task", "t", "--namespace", "ns"], "--namespace is for --backend kubernetes"),
+        (["batch", "TASKS", "--out", "OUT", "--engine", "builder-2"], "--engine 'builder-2': give a Docker engine address"),
+        (["batch", "TASKS", "--out", "OUT", "--backend", "kubernetes", "--engine", "ssh://b"], "with --backend kubernetes use --namespace"),
+        (["gc", "--namespace", "ns"], "--namespace is for --backend kubernetes"),
+        (["run", "REPO", "--task", "t", "--backend", "podman"], "unknown sandbox backend 'podman'"),
+    ],
+)
+def test_bad_placement_options_are_one_line_and_exit_2(calculator_repo: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"repo": "calculator", "task": "t"}\n')
+    replaced = {"REPO": str(calculator_repo), "TASKS": str(tasks), "OUT": str(tmp_path / "out")}
+    proc = airlock(*[replaced.get(arg, arg) for arg in args], env=airlock_env("http://127.0.0.1:9", DOCKER_HOST="unix:///nonexistent/docker.sock"))
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_ssh_engine_without_paramiko_says_how_to_install_it(calculator_repo: Path, tmp_path: Path) -> None:
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'paramiko': raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from orchestrator.cli import main\n"
+        "sys.argv = ['airlock'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    env = airlock_env("http://127.0.0.1:9", DOCKER_HOST="ssh://builder-2")
+    proc = subprocess.run([sys.executable, "-c", hide, "gc"], capture_output=True, text=True, env=env, cwd=PROJECT, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "airlock: error: ssh://builder-2: ssh:// engines need paramiko: pip install 'airlock[ssh]'"

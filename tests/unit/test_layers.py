@@ -12,13 +12,13 @@ from helpers import PROJECT
 
 ORCHESTRATOR = PROJECT / "orchestrator"
 # Lower numbers are lower layers: a module may import its own package and lower layers only.
-LAYERS = {
+LAYERS: dict[str, float] = {
     "errors": 0, "tokens": 0, "conversation": 1, "tool_specs": 1, "globs": 1, "sizes": 1, "terminal": 1,  # shared vocabulary
     "patch": 2, "providers": 2, "sandbox": 2,
     "policy": 3,
     "run": 4,
     "batch": 5, "review": 5,
-    "demo": 6, "doctor": 6,
+    "demo": 6, "doctor": 6, "doctor_kubernetes": 6.5,
     "cli": 7, "__main__": 8,
 }  # fmt: skip
 # What some packages may use at all, beyond themselves.
@@ -27,10 +27,10 @@ ALLOWED = {
     "providers": {"errors", "conversation", "tool_specs"},
 }
 # Where docker-py may be imported: the Docker backend (its egress proxy and environment images), the daemon
-# connection, the image builder, doctor.
+# connection, the image builder, the image on remote engines, doctor.
 DOCKER_MODULES = {
     "orchestrator.sandbox.docker_backend", "orchestrator.sandbox.docker_egress", "orchestrator.sandbox.docker_environments",
-    "orchestrator.sandbox.docker_client", "orchestrator.sandbox.image", "orchestrator.doctor",
+    "orchestrator.sandbox.docker_client", "orchestrator.sandbox.image", "orchestrator.sandbox.engines", "orchestrator.doctor",
 }  # fmt: skip
 
 

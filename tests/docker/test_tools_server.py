@@ -573,6 +573,23 @@ def test_run_bash_does_not_wait_long_for_an_escaped_process_holding_the_pipe(ser
             os.kill(int(pid_file.read_text()), 9)
 
 
+def test_run_bash_is_woken_by_the_exit_itself_never_by_a_poll_interval(in_image: Callable[..., list[str]], root: Path) -> None:
+    """A trivial command often closes its output a moment before its exit is visible. With the poll
+    interval made a minute long, twenty such commands still return at once: the exit wakes the server."""
+    script = (
+        f"import sys, time\nsys.path.insert(0, {str(TOOLS)!r})\nimport shell\n"
+        "shell._POLL_SECONDS = 60.0\n"
+        "started = time.monotonic()\n"
+        f"codes = [shell.run(['/bin/true'], {str(root)!r}, 120, 1000).exit_code for _ in range(20)]\n"
+        "print(codes.count(0), round(time.monotonic() - started, 1))\n"
+    )
+    done = subprocess.run(in_image(*PYTHON, "-c", script), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    succeeded, seconds = done.stdout.split()
+    assert succeeded == "20"
+    assert float(seconds) < 50  # one missed wake-up alone would cost 60 s
+
+
 def test_run_bash_keeps_the_head_and_tail_of_a_flood(server: Server) -> None:
     reply = server.call("run_bash", command="seq 1 200000")
     full = "".join(f"{n}\n" for n in range(1, 200001)).encode()

@@ -6,10 +6,11 @@ back into a `Reply`; the loop, the trajectory and the context trimming only ever
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 # Why the model stopped, in the loop's words (each adapter maps its API's values onto these).
 END_TURN, TOOL_USE, MAX_TOKENS = "end_turn", "tool_use", "max_tokens"
@@ -52,13 +53,11 @@ class Message(BaseModel):
 
     role: Literal["user", "assistant"]
     content: list[Part]
-    _chars: int | None = PrivateAttr(None)
 
+    @functools.cached_property  # a plain attribute once computed: summed over the conversation every step
     def chars(self) -> int:
         """Characters of the message as JSON: what the context-window estimate counts."""
-        if self._chars is None:
-            self._chars = len(json.dumps(self.model_dump(mode="json"), ensure_ascii=False))
-        return self._chars
+        return len(json.dumps(self.model_dump(mode="json"), ensure_ascii=False))
 
     @property
     def text(self) -> str:

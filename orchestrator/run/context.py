@@ -24,7 +24,7 @@ DEFAULT_WINDOWS = {"anthropic": 200_000, "openai": 128_000}
 
 
 def conversation_chars(messages: list[Message]) -> int:
-    return sum(message.chars() for message in messages)
+    return sum(message.chars for message in messages)
 
 
 @dataclass(frozen=True)

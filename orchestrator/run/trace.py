@@ -57,17 +57,22 @@ class Trace:
     def policy_event(self, message: str) -> None:
         self.console.print(f"[bold yellow]⚠ {escape(message)}[/]")
 
+    # One print per event, of ready-made Text: each rich print costs a fraction of a millisecond, and a
+    # step's bookkeeping is meant to cost a few milliseconds in all.
     def model_turn(self, step: int, message: Message) -> None:
-        self.console.rule(f"[dim]step {step}[/]", style="dim")
+        title = f"── step {step} "
+        line = Text(title + "─" * max(0, self.console.width - len(title)), style="dim")
         if message.text.strip():
-            self.console.print(Text(message.text.strip(), style="italic"))
+            line.append("\n" + message.text.strip(), style="italic")
+        self.console.print(line)
 
     def tool_call(self, name: str, args: Any) -> None:
-        self.console.print(f"[bold blue]▶ {escape(name)}[/] {escape(_call_summary(name, args))}")
+        self.console.print(Text.assemble((f"▶ {name}", "bold blue"), " ", _call_summary(name, args)))
 
     def tool_result(self, output: str, is_error: bool, meta: dict[str, Any]) -> None:
-        for line in _preview(output):
-            self.console.print(Text(f"  │ {line}", style="red" if is_error else "dim"))
+        lines = [f"  │ {line}" for line in _preview(output)]
+        if lines:
+            self.console.print(Text("\n".join(lines), style="red" if is_error else "dim"))
 
     def summary(self, record: RunRecord) -> None:
         usage, patch = record.usage, record.patch

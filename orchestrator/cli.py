@@ -6,11 +6,12 @@ Exit codes: 0 completed; 1 the agent stopped without success (for `replay`: the 
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -35,8 +36,57 @@ app.add_typer(image_app, name="image")
 policy_app = typer.Typer(help="Show and check policy files.")
 app.add_typer(policy_app, name="policy")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Not a terminal and no COLUMNS (a CI log): lay out this wide, so no table or help text is cropped, and
+# never wrap lines. On a terminal, or with COLUMNS set, that width is used.
+LOG_WIDTH = 200
+os.environ.setdefault("TERMINAL_WIDTH", str(LOG_WIDTH) if not (sys.stdout.isatty() or os.environ.get("COLUMNS")) else "")
+
+
+class _UntilClosed(io.TextIOBase):
+    """stdout until its reader goes away (`airlock run ... | head`); after that, output is dropped, so a
+    closed pipe never stops a run half-way: it still exports its patch and closes its record."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        """From now on fd 1 is /dev/null: also what Python flushes at exit goes there, without a complaint."""
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+
+def _console(stream: TextIO) -> Console:
+    log = not stream.isatty()
+    width = LOG_WIDTH if log and not os.environ.get("COLUMNS") else None
+    return Console(file=_UntilClosed(stream), highlight=False, soft_wrap=log or stream is sys.stderr, width=width)  # type: ignore[arg-type]
+
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr)
 
 
 def _help_without_command(ctx: typer.Context) -> None:
@@ -70,6 +120,9 @@ def run(
     disk: Annotated[str | None, typer.Option(help="Size of the sandbox workspace; counts toward memory (default: 2g).")] = None,
     pids: Annotated[int | None, typer.Option(help="Most processes in the sandbox (default: 512).")] = None,
     image: Annotated[str | None, typer.Option(help="Sandbox image (default: airlock-sandbox:latest).")] = None,
+    git_history: Annotated[
+        str | None, typer.Option(metavar="full|recent|none|N", help="Git history in the sandbox: recent = the last 50 commits (default), or N of them.")
+    ] = None,
     verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
     backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
@@ -82,7 +135,7 @@ def run(
     model = _model_name(provider, model)
     overrides = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
-        cpus=cpus, memory=memory, disk=disk, pids=pids, image=image,
+        cpus=cpus, memory=memory, disk=disk, pids=pids, image=image, git_history=git_history,
     )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
     api_key = resolve_api_key(provider, api_key_env)
@@ -205,14 +258,14 @@ def demo(
             record = _execute(RunConfig(**{**vars(config), "model": scripted.model}), scripted, banner)
     patch = (config.out / "patch.diff").read_text(encoding="utf-8", errors="replace")
     console.rule(f"patch.diff ({config.out / 'patch.diff'})")
-    console.print(Syntax(patch, "diff", theme="ansi_dark") if patch else "(empty patch)")
+    console.print(Syntax(patch, "diff", theme="ansi_dark", word_wrap=True) if patch else "(empty patch)")
     console.print(f"apply it to a copy with: airlock apply {config.out / 'patch.diff'} --repo <copy of {CALCULATOR_REPO}>")
     raise typer.Exit(record.exit_code)
 
 
 @app.command()
 def apply(
-    patch: Annotated[Path, typer.Argument(help="A patch.diff written by airlock.")],
+    patch: Annotated[Path, typer.Argument(help="A patch.diff written by airlock, or a run's folder (its patch.diff is applied).")],
     repo: Annotated[Path, typer.Option(help="The repository to apply it to.")],
     allow_dirty: Annotated[bool, typer.Option(help="Apply even if the repo has uncommitted changes.")] = False,
     check: Annotated[bool, typer.Option(help="Only check that the patch applies cleanly.")] = False,
@@ -259,10 +312,17 @@ def policy_show(file: Annotated[Path | None, typer.Argument(help="Policy file (d
 
 @policy_app.command("check")
 def policy_check(file: Annotated[Path, typer.Argument(help="Policy file to validate.")]) -> None:
-    """Validate a policy file (exit 0 if valid, 2 with the file, line and key if not)."""
-    from orchestrator.policy.model import load_policy
+    """Validate a policy file (exit 0 if valid, 2 with the file, line and key of every problem if not)."""
+    from orchestrator.policy.model import PolicyError, load_policy
 
-    load_policy(file)
+    try:
+        load_policy(file)
+    except PolicyError as exc:
+        if len(exc.problems) == 1:
+            raise
+        for problem in exc.problems:
+            err_console.print(problem, markup=False)
+        raise UsageError(f"{len(exc.problems)} problems in {file}") from None
     console.print(f"{file}: ok", markup=False)
 
 

@@ -33,6 +33,7 @@ from typing import IO
 
 from orchestrator.globs import TreeMatcher
 from orchestrator.patch.neutral_git import init_neutral_git_dir, neutral_args, neutral_env, run_git
+from orchestrator.sizes import plural
 
 TIMEOUT_S = 600.0
 _SHA = re.compile(rb"[0-9a-f]{40}")
@@ -91,8 +92,8 @@ class History:
         if self.pack is None:
             return f"no git history in the sandbox: {self.why}"
         where = f"branch {self.branch}" if self.branch else "a detached HEAD"
-        span = "the full history" if not self.shallow else f"the last {self.commits:,} commit{'s' if self.commits != 1 else ''} (older history left out)"
-        dropped = f"; {self.hidden_count} hidden path(s) removed from {self.rewritten} commit(s)" if self.rewritten else ""
+        span = "the full history" if not self.shallow else f"the last {plural(self.commits, 'commit')} (older history left out)"
+        dropped = f"; {plural(self.hidden_count, 'hidden path')} removed from {plural(self.rewritten, 'commit')}" if self.rewritten else ""
         return f"git history: {span} of {where}{dropped}"
 
     def record(self) -> dict[str, object]:

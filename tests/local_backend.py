@@ -105,6 +105,9 @@ class LocalBackend:
     def __init__(self) -> None:
         self.boxes: list[LocalBox] = []
 
+    def check(self, spec: SandboxSpec) -> None:
+        pass  # any "image" will do: a box is a temporary folder
+
     def start(self, spec: SandboxSpec) -> LocalBox:
         box = LocalBox(spec)
         self.boxes.append(box)

@@ -23,11 +23,13 @@ from typing import Any, Literal
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
 from orchestrator.policy.pricing import cost_usd
+from orchestrator.sizes import human_size
 
 State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"]
 # A run.json with one of these did not finish its work: a resumed batch runs the task again.
 UNFINISHED = ("running", "interrupted")
 LOG_NAME = "airlock.log"
+DEFINITION_NAME = "batch-task.json"  # what the task was when it ran, to tell on resume whether it changed
 
 
 def read_record(out: Path) -> dict[str, Any] | None:
@@ -91,6 +93,7 @@ class Job:
         if self.out.exists():
             self.moved_to = move_aside(self.out)
         self.out.mkdir(parents=True)
+        (self.out / DEFINITION_NAME).write_text(json.dumps(self.task.definition(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         task_file = coordination / f"{self.id}.task"
         task_file.write_text(self.task.task, encoding="utf-8")
         cmd = [
@@ -101,6 +104,15 @@ class Job:
         with open(self.out / LOG_NAME, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.state, self.started = "running", time.monotonic()
+
+    def changed_since_run(self) -> list[str]:
+        """What of the task's definition differs from when its earlier run started (nothing known: nothing)."""
+        try:
+            earlier = json.loads((self.out / DEFINITION_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        now = json.loads(json.dumps(self.task.definition()))  # as JSON has it, tuples as lists
+        return [key for key in now if not isinstance(earlier, dict) or earlier.get(key) != now[key]]
 
     def stop_file(self, coordination: Path) -> Path:
         return coordination / f"{self.id}.stop"
@@ -145,6 +157,8 @@ class Job:
                 self.usage.add(_Fields(event.get("usage") or {}))
                 names = [p.get("name", "?") for p in (event.get("message") or {}).get("content", []) if p.get("type") == "tool_call"]
                 self.activity = ", ".join(names) if names else "answering"
+            elif kind == "copy_progress":  # a big repo still streaming into its sandbox
+                self.activity = f"copying the repo in: {human_size(event.get('bytes', 0))} of {human_size(event.get('total_bytes', 0))}"
             elif kind == "run_end":
                 self.activity = "finishing"
         return began

@@ -40,6 +40,7 @@ from orchestrator.errors import UsageError
 from orchestrator.policy.model import load_policy
 from orchestrator.providers.backoff import SharedBackoff
 from orchestrator.sandbox.backends import get_backend
+from orchestrator.sizes import plural
 
 POLL_S = 0.3
 INTERRUPT_GRACE_S = 30.0  # a run saves its patch and removes its sandbox within seconds of a Ctrl-C
@@ -134,10 +135,13 @@ class Batch:
     # --- resume ----------------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        """Tasks finished by an earlier invocation are kept as they are, unless --redo."""
+        """Tasks finished by an earlier invocation are kept as they are, unless --redo or their definition changed."""
         for job in self.jobs:
             record = read_record(job.out)
             if record is None or record.get("status") in UNFINISHED or self.options.redo:
+                continue
+            if changed := job.changed_since_run():
+                self.display.log(f"{escape(job.id)} runs again: its definition changed since its earlier run ({escape(', '.join(changed))})")
                 continue
             job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
             self.display.log(f"{escape(job.id)} skipped: finished earlier ({escape(str(job.status))})")
@@ -202,7 +206,7 @@ class Batch:
         verdict = "" if not verify or verify.get("skipped") else f" (verify {'passed' if verify.get('passed') else 'failed'})"
         files = (record.get("patch") or {}).get("files_changed", 0)
         steps = record.get("steps", job.step)
-        details = f"{_plural(steps, 'step')}, {_plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
+        details = f"{plural(steps, 'step')}, {plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
         style = "green" if job.status == "completed" else "red"
         error = f": {escape(job.error)}" if job.error and job.status != "completed" else ""
         self.display.log(f"{escape(job.id)} [{style}]{job.status}[/]{verdict} · {details}{error}")
@@ -316,10 +320,6 @@ class Batch:
             except BlockingIOError:
                 raise UsageError(f"another airlock batch is using {out}; wait for it or choose another --out") from None
             yield
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _check_can_run() -> None:

@@ -78,6 +78,14 @@ class BatchTask:
     policy: Path | None = None
     price: Price | None = None  # None: the cost is unknown
     model_access: tuple[str, ...] = ()
+    policy_content: dict[str, Any] = field(default_factory=dict, compare=False)  # the effective policy, as its values
+
+    def definition(self) -> dict[str, Any]:
+        """Everything that decides what the task's run does; a resumed batch runs it again when this changed."""
+        return {
+            "task": self.task, "repo": self.repo, "ref": self.ref, "model": self.model, "model_access": list(self.model_access),
+            "verify": self.verify, "max_steps": self.max_steps, "timeout": self.timeout, "image": self.image, "policy": self.policy_content,
+        }  # fmt: skip
 
     def run_options(self) -> list[str]:
         """The `airlock run` options that carry this task's settings."""
@@ -223,7 +231,7 @@ class _Checker:
         }
         policy_path = (self.base / entry.policy).resolve() if entry.policy else d.policy
         resolved["policy"] = policy_path
-        resolved["price"] = self._price(policy_path, resolved, problems)
+        resolved["price"], resolved["policy_content"] = self._price(policy_path, resolved, problems)
         return resolved
 
     def _id(self, given: str | None, repo: str, problems: list[str]) -> str:
@@ -268,24 +276,24 @@ class _Checker:
             problems.append(f"repo must be a folder, not a file: {path}")
         return {"repo": str(path), "path": path}
 
-    def _price(self, policy_path: Path | None, task: dict[str, Any], problems: list[str]) -> Price | None:
-        """Load and check the task's effective policy (as `airlock run` will); the model's price under it."""
+    def _price(self, policy_path: Path | None, task: dict[str, Any], problems: list[str]) -> tuple[Price | None, dict[str, Any]]:
+        """Load and check the task's effective policy (as `airlock run` will); the model's price under it, and the policy's values."""
         policy = self._policy(policy_path)
         if isinstance(policy, str):
             problems.append(f"policy: {policy}")
-            return None
+            return None, {}
         try:
             policy = policy.with_overrides(max_steps=task["max_steps"], timeout=task["timeout"], image=task["image"])
         except UsageError as exc:
             problems.append(str(exc).replace("--max-steps", "max_steps").replace("--timeout", "timeout").replace("--image", "image"))
-            return None
+            return None, {}
         price = price_for(task["model"], policy.budget.prices)
         add = f'add [budget.prices."{task["model"]}"] to its policy'
         if price is None and policy.budget.max_cost_usd is not None:
             problems.append(f"the policy {policy.source} sets max_cost_usd but there is no price for model {task['model']!r} ({add})")
         elif price is None and self.defaults.needs_price:
             problems.append(f"--max-total-cost needs every task's cost, but there is no price for model {task['model']!r} ({add})")
-        return price
+        return price, policy.model_dump(mode="json")
 
     def _policy(self, path: Path | None) -> Policy | str:
         if path is None:

@@ -187,6 +187,7 @@ class ScriptedModelServer:
         self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []
         self.times: list[float] = []
+        self.handling: list[float] = []  # seconds each request took to answer here (what a benchmark subtracts)
         self.markers: list[str | None] = []
         self.refusals: list[dict[str, Any]] = []  # requests refused for a parameter or for their length
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -260,6 +261,13 @@ class ScriptedModelServer:
             disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                started = time.perf_counter()
+                try:
+                    self._answer()
+                finally:
+                    api.handling.append(time.perf_counter() - started)
+
+            def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 path = self.path.split("?")[0]
                 if path not in (ANTHROPIC, OPENAI):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Part, Reply, Text, ToolCall, ToolResult
 from orchestrator.errors import ModelError
@@ -18,7 +18,7 @@ from orchestrator.providers.base import ContextOverflow, Provider
 from orchestrator.run.context import ContextWindow, Trim
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import Trajectory
-from orchestrator.sandbox.channel import ToolChannel
+from orchestrator.sandbox.channel import ToolReply
 from orchestrator.tool_specs import ToolInputError, tool_schemas, validate_call
 
 SYSTEM_PROMPT = """\
@@ -38,6 +38,12 @@ How to work:
 Stop = Literal["completed", "max_steps", "timeout", "budget_exceeded"]
 CUT_OFF = "Your previous reply was cut off by the output token limit. Continue where you left off."
 TOOL_TIMEOUT_GRACE_S = 15.0
+
+
+class Tools(Protocol):
+    """Where tool calls go: the sandbox's tool server (orchestrator.sandbox.channel.ToolChannel)."""
+
+    def call(self, tool: str, args: dict[str, Any], timeout: float) -> ToolReply: ...
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,14 @@ def cap_text(text: str, limit: int) -> str:
 
 
 class Agent:
-    def __init__(self, provider: Provider, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard) -> None:
+    def __init__(
+        self, provider: Provider, channel: Tools, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard, *, sandbox_notes: str = ""
+    ) -> None:  # fmt: skip
+        """`sandbox_notes`: what the model should know about its sandbox (the history it has, files withheld)."""
         self.provider, self.channel, self.limits, self.guard = provider, channel, limits, guard
         self.trace, self.trajectory = trace, trajectory
-        self.context = ContextWindow(limits.context_window, fixed_chars=len(SYSTEM_PROMPT) + len(json.dumps(tool_schemas())))
+        self.system = SYSTEM_PROMPT + (f"\n\nAbout this sandbox:\n{sandbox_notes}" if sandbox_notes else "")
+        self.context = ContextWindow(limits.context_window, fixed_chars=len(self.system) + len(json.dumps(tool_schemas())))
         self.steps = 0
         self.tool_calls = 0
         self.final_text = ""
@@ -102,7 +112,7 @@ class Agent:
         while True:
             started = time.monotonic()
             try:
-                reply = self.provider.complete(SYSTEM_PROMPT, messages, timeout=max(0.001, self.limits.deadline - started))
+                reply = self.provider.complete(self.system, messages, timeout=max(0.001, self.limits.deadline - started))
                 break
             except ContextOverflow as exc:
                 trim = self.context.trim_after_overflow(messages, exc.window, exc.prompt_tokens)

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from orchestrator.sandbox.spec import Layout, SandboxSpec
 
 ROOT_USER = "0:0"
+# How `Box.failure()` begins when the box was killed for memory, so the runner can say what to raise.
+OUT_OF_MEMORY = "the sandbox ran out of memory"
 
 
 class Stream(Protocol):
@@ -53,6 +55,9 @@ class Box(Protocol):
 
 class Backend(Protocol):
     name: str
+
+    def check(self, spec: SandboxSpec) -> None:
+        """Before anything is made: UsageError for what makes `start` fail for certain (an unknown image)."""
 
     def start(self, spec: SandboxSpec) -> Box:
         """A running, hardened box made from `spec`; raises SandboxError (nothing is left behind)."""

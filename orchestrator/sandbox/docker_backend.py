@@ -10,14 +10,21 @@ airlock process holds open (an attach made before the start, with StdinOnce). Wh
 however it dies, the engine closes that stdin, the main process exits and the container stops with
 everything in it. So other airlock processes sharing the engine (CI runners, other hosts) only ever
 remove containers that have stopped, or that outlived the deadline their labels carry.
+
+The engine does not end a dead container's attached streams promptly (a send can block for minutes),
+so each box follows its container's events: when it dies (killed for memory, removed by someone
+else), every stream of it is shut at once, and `failure()` says why.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import select
 import socket
+import threading
 import time
+import weakref
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -27,10 +34,10 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import Stream
+from orchestrator.errors import SandboxError, UsageError
+from orchestrator.sandbox.base import OUT_OF_MEMORY, Stream
 from orchestrator.sandbox.docker_client import docker_client
-from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
+from orchestrator.sandbox.spec import DEFAULT_IMAGE, SANDBOX_ENV, Layout, SandboxSpec
 
 LABEL = "airlock.sandbox"
 DEADLINE_LABEL = "airlock.deadline"
@@ -38,6 +45,8 @@ DEADLINE_LABEL = "airlock.deadline"
 OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 STDERR_TAIL_BYTES = 4096
 SEND_TIMEOUT_S = 120.0  # a box that stops reading its stdin cannot block the host forever
+PROCESS_POLL_S = 1.0  # how often a waiting stream asks whether its process still runs
+LAST_WORDS_S = 0.2  # once it does not, how long what it wrote last may still take to arrive
 CREATED_GRACE_S = 300.0  # a container another airlock created but has not started yet is not abandoned
 _STDOUT, _STDERR = 1, 2
 _HEADER = 8  # Docker's multiplexed stream: 1 byte stream type, 3 zero bytes, 4 bytes big-endian size
@@ -109,18 +118,30 @@ def _raw_socket(stream: Any) -> Any:
 
 class DockerStream:
     """One attached exec. Docker multiplexes its stdout and stderr over one connection in frames; every
-    read first waits on the socket with the time left, so a box that stops answering cannot block the host."""
+    read first waits on the socket with the time left, so a box that stops answering cannot block the host.
+
+    The engine does not end the stream of a process that died (killed for memory, say): while waiting,
+    the stream asks about once a second whether its process still runs, and ends itself when it does not."""
 
     def __init__(self, api: docker.APIClient, exec_id: str, connection: Any) -> None:
         self._api, self.exec_id = api, exec_id
         self._connection = connection  # keeps docker-py's response (and so the socket) alive
         self._sock = _raw_socket(connection)
-        self._sock.settimeout(SEND_TIMEOUT_S)
+        self._sock.settimeout(PROCESS_POLL_S)
         self._buffer = bytearray()
+        self._ended = False  # its process is gone: what is left to read is all there is
         self.stderr_tail = b""
 
     def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        view, deadline = memoryview(data), time.monotonic() + SEND_TIMEOUT_S
+        while view:
+            try:
+                view = view[self._sock.send(view) :]
+            except TimeoutError:  # nobody is reading: is anybody there?
+                if self._process_gone():
+                    raise BrokenPipeError("the process in the sandbox has ended") from None
+                if time.monotonic() > deadline:
+                    raise
 
     def close_stdin(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
@@ -141,8 +162,12 @@ class DockerStream:
     def _read_exact(self, size: int, deadline: float | None) -> bytes | None:
         """`size` bytes, or None at a clean end of stream (nothing buffered)."""
         while len(self._buffer) < size:
-            self._wait_readable(deadline)
-            chunk = self._sock.recv(max(65536, size - len(self._buffer)))
+            chunk = b""
+            if self._wait_readable(deadline):
+                try:
+                    chunk = self._sock.recv(max(65536, size - len(self._buffer)))
+                except TimeoutError:  # TLS: readable, but not yet a whole record
+                    continue
             if not chunk:
                 if self._buffer:
                     raise OSError("the sandbox's output stream ended in the middle of a frame")
@@ -152,22 +177,45 @@ class DockerStream:
         del self._buffer[:size]
         return data
 
-    def _wait_readable(self, deadline: float | None) -> None:
+    def _wait_readable(self, deadline: float | None) -> bool:
+        """True once there is something to read; False when the process is gone and nothing is left."""
         pending = getattr(self._sock, "pending", None)  # TLS: bytes already decrypted wait in the SSL layer
         if pending is not None and pending():
-            return
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError
-        readable, _, _ = select.select([self._sock], [], [], timeout)
-        if not readable:
-            raise TimeoutError
+            return True
+        while True:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError
+            wait = min(PROCESS_POLL_S, timeout) if timeout is not None else PROCESS_POLL_S
+            if self._ended:
+                wait = min(wait, LAST_WORDS_S)
+            readable, _, _ = select.select([self._sock], [], [], wait)
+            if readable:
+                return True
+            if self._ended:
+                return False
+            self._ended = self._process_gone()
+
+    def _process_gone(self) -> bool:
+        try:
+            return self._api.exec_inspect(self.exec_id).get("Running") is False
+        except docker.errors.NotFound:
+            return True
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False  # the engine is busy or unsure: keep waiting, within the caller's deadline
 
     def exit_code(self) -> int | None:
         try:
             return self._api.exec_inspect(self.exec_id).get("ExitCode")
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return None
+
+    def abort(self) -> None:
+        """End the stream now: a blocked read sees its end, a blocked send fails."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         for closable in (self._connection, self._sock):
@@ -178,23 +226,47 @@ class DockerStream:
 
 
 class DockerBox:
-    """One started container and the attach that keeps it alive."""
+    """One started container, the attach that keeps it alive, and the watch on its events."""
 
     layout = LAYOUT
 
-    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any) -> None:
+    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any, events: Any) -> None:
         self.client, self.spec, self.container = client, spec, container
         self.id: str = container.id or ""
         self._lifeline = lifeline
+        self._streams: weakref.WeakSet[DockerStream] = weakref.WeakSet()
+        self._died = False
+        self._out_of_memory = False
+        self._events = events
+        threading.Thread(target=self._watch, name=f"airlock-watch-{self.id[:12]}", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Note when the kernel killed a process of the box for memory (the engine says so only in an event
+        while the container lives); shut every stream of the box as soon as its container dies."""
+        for event in self._events:
+            action = (event.get("status") or event.get("Action")) if isinstance(event, dict) else None
+            if action == "oom":
+                self._out_of_memory = True
+            elif action in ("die", "destroy"):
+                self._died = True
+                for stream in list(self._streams):
+                    stream.abort()
+                return
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
         api = self.client.api
         try:
+            if self._died:
+                raise OSError("the container is gone")
             exec_id = api.exec_create(self.id, cmd, stdin=stdin, stdout=True, stderr=True, tty=False, user=user)["Id"]
-            return DockerStream(api, exec_id, api.exec_start(exec_id, socket=True))
+            stream = DockerStream(api, exec_id, api.exec_start(exec_id, socket=True))
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
             cause = self.failure()
             raise SandboxError(f"could not run `{cmd[0]}` in the sandbox: {cause or docker_message(exc)}") from None
+        self._streams.add(stream)
+        if self._died:  # it died while the stream was being made
+            stream.abort()
+        return stream
 
     def failure(self) -> str | None:
         try:
@@ -203,25 +275,34 @@ class DockerBox:
             return "the sandbox container was removed by someone else"
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return None
-        if state.get("OOMKilled"):
-            return f"the sandbox ran out of memory (limit {self.spec.memory // 1024**2} MiB): raise --memory (the workspace counts toward it)"
+        if state.get("OOMKilled") or self._out_of_memory:
+            return f"{OUT_OF_MEMORY} (limit {_mib(self.spec.memory)})"
         if state.get("Status") not in (None, "running"):
             return f"the sandbox container stopped ({state.get('Status')}, exit code {state.get('ExitCode')})"
         return None
 
     def remove(self) -> None:
-        remove_run(self.client, self.spec.run_id, also=self.container)
+        self._died = True  # from here on, its end is ours
         try:
-            _raw_socket(self._lifeline).close()
-        except OSError:
-            pass
+            _remove_container(self.container)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxError(f"could not remove the sandbox of run {self.spec.run_id}: {docker_message(exc)}") from None
+        finally:
+            for closable in (self._events, _raw_socket(self._lifeline)):
+                try:
+                    closable.close()
+                except OSError:
+                    pass
 
 
-def remove_run(client: docker.DockerClient, run_id: str, also: Container | None = None) -> None:
-    """Remove a run's container, found by its run label too (a create cut short by Ctrl-C may have no handle)."""
+def _mib(size: int) -> str:
+    return f"{size // 1024**2} MiB"
+
+
+def remove_run(client: docker.DockerClient, run_id: str) -> None:
+    """Remove a run's container found by its run label: a start that failed half-way has no handle on it."""
     try:
-        found = client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}, ignore_removed=True)
-        for container in {c.id: c for c in [*found, *([also] if also else [])]}.values():
+        for container in client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}, ignore_removed=True):
             _remove_container(container)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxError(f"could not remove the sandbox of run {run_id}: {docker_message(exc)}") from None
@@ -239,22 +320,39 @@ class DockerBackend:
             self._client = docker_client()
         return self._client
 
-    def start(self, spec: SandboxSpec) -> DockerBox:
+    def check(self, spec: SandboxSpec) -> None:
         client = self.client
         if spec.runtime != "runc" and spec.runtime not in client.info().get("Runtimes", {}):
             raise SandboxError(f"the container runtime {spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
         try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise UsageError(missing_image(spec.image, self._image_names())) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxError(f"could not look up the sandbox image {spec.image!r}: {docker_message(exc)}") from None
+
+    def _image_names(self) -> list[str]:
+        try:
+            return [tag for image in self.client.images.list() for tag in image.tags]
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return []
+
+    def start(self, spec: SandboxSpec) -> DockerBox:
+        client = self.client
+        try:
             container = client.containers.create(**create_kwargs(spec))  # stdin_open: StdinOnce too
+            # Watched from before its start, so not even an immediate death goes unseen.
+            events = client.events(filters={"container": container.id, "event": ["oom", "die", "destroy"]}, decode=True)
             # Attached before the start, so the main process's stdin is ours from its first moment.
             lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
             container.start()
         except docker.errors.ImageNotFound:
             remove_run(client, spec.run_id)
-            raise SandboxError(f"sandbox image {spec.image!r} not found; build it with `airlock image build`") from None
+            raise SandboxError(missing_image(spec.image, self._image_names())) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             remove_run(client, spec.run_id)
             raise SandboxError(f"could not start the sandbox: {docker_message(exc)}") from None
-        return DockerBox(client, spec, container, lifeline)
+        return DockerBox(client, spec, container, lifeline, events)
 
     def remove_stale(self, *, everything: bool = False, runs: Collection[str] = ()) -> list[str]:
         removed = []
@@ -305,6 +403,16 @@ def _remove_container(container: Container) -> bool:
             return False
         raise
     return True
+
+
+def missing_image(image: str, known: list[str]) -> str:
+    """Not found, with the close name the user probably meant, or how to make the default one."""
+    close = difflib.get_close_matches(image, known, n=1, cutoff=0.75)
+    if close:
+        return f"sandbox image {image!r} not found: did you mean {close[0]}?"
+    if image == DEFAULT_IMAGE:
+        return f"sandbox image {image!r} not found; build it with `airlock image build`"
+    return f"sandbox image {image!r} not found on this Docker engine (build or load it, or leave --image out for {DEFAULT_IMAGE})"
 
 
 def docker_message(exc: BaseException) -> str:

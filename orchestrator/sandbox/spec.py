@@ -45,6 +45,11 @@ class Layout:
     def baseline_git_dir(self) -> str:
         return f"{self.state}/baseline.git"
 
+    @property
+    def history_objects(self) -> str:
+        """The repo's history as shipped (one pack), borrowed by the repo's `.git` and the baseline alike."""
+        return f"{self.state}/history"
+
 
 @dataclass(frozen=True)
 class SandboxSpec:

@@ -126,4 +126,17 @@ def test_unregistered_runtime_is_a_clear_sandbox_error(calculator_repo: Path, tm
     policy = write_policy(tmp_path, '[sandbox]\nruntime = "runsc"\n')
     proc = airlock("run", str(calculator_repo), "--task", "x", "--policy", str(policy), "--out", str(tmp_path / "o"), env=airlock_env("http://127.0.0.1:9"))
     assert proc.returncode == 3
-    assert "runsc" in proc.stdout and "not registered" in proc.stdout
+    assert "the container runtime 'runsc' is not registered with the Docker daemon" in proc.stderr
+    assert not (tmp_path / "o").exists()  # said before anything started
+
+
+def test_a_mistyped_image_is_refused_with_the_name_meant(calculator_repo: Path, tmp_path: Path) -> None:
+    """A typo is bad input (exit 2), said before anything starts: no output folder for a run that never ran."""
+    env = airlock_env("http://127.0.0.1:9")
+    typo = airlock("run", str(calculator_repo), "--task", "x", "--image", "airlock-sandbx:latest", "--out", str(tmp_path / "typo"), env=env)
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == "airlock: error: sandbox image 'airlock-sandbx:latest' not found: did you mean airlock-sandbox:latest?"
+    assert not (tmp_path / "typo").exists()
+    unknown = airlock("run", str(calculator_repo), "--task", "x", "--image", "no-such/image:9", "--out", str(tmp_path / "unknown"), env=env)
+    assert unknown.returncode == 2 and "sandbox image 'no-such/image:9' not found on this Docker engine" in unknown.stderr
+    assert not (tmp_path / "unknown").exists()

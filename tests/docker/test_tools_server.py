@@ -8,6 +8,7 @@ watch processes from outside. (Real sandboxes mount nothing; this container exis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -624,8 +625,8 @@ def test_run_bash_that_cannot_start_is_an_error(server: Server, root: Path) -> N
 def baseline(in_image: Callable[..., list[str]]) -> Callable[..., subprocess.CompletedProcess]:
     """baseline.py in the image: baseline(command, root, git_dir, env=None)."""
 
-    def run(command: str, root: Path, git_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        argv = in_image(*PYTHON, str(TOOLS / "baseline.py"), command, "--root", str(root), "--git-dir", str(git_dir), env=env)
+    def run(command: str, root: Path, git_dir: Path, env: dict[str, str] | None = None, *extra: str) -> subprocess.CompletedProcess:
+        argv = in_image(*PYTHON, str(TOOLS / "baseline.py"), command, "--root", str(root), "--git-dir", str(git_dir), *extra, env=env)
         return subprocess.run(argv, capture_output=True, timeout=60)
 
     return run
@@ -634,6 +635,10 @@ def baseline(in_image: Callable[..., list[str]]) -> Callable[..., subprocess.Com
 def git(*args: str, cwd: Path, stdin: bytes | None = None) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
     subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, check=True, capture_output=True, timeout=60)
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def apply_patch(patch: bytes, tree: Path, tmp_path: Path) -> None:
@@ -782,6 +787,29 @@ def test_baseline_of_an_empty_tree_and_an_unchanged_tree(tmp_path: Path, baselin
     assert export.returncode == 0
     apply_patch(export.stdout, copy, tmp_path)
     assert snapshot(copy) == {"first.txt": ("file", b"first\n", False)}
+
+
+def test_baseline_borrows_the_objects_the_history_already_holds(tmp_path: Path, baseline: Callable[..., subprocess.CompletedProcess]) -> None:
+    """The shipped history holds the committed files: the baseline only hashes those, and stores the rest."""
+    tree, copy, git_dir, history = tmp_path / "tree", tmp_path / "copy", tmp_path / "baseline.git", tmp_path / "history.git"
+    tree.mkdir()
+    committed, local = b"".join(b"committed line %d\n" % n for n in range(500)), b"an uncommitted file\n"
+    (tree / "committed.txt").write_bytes(committed)
+    (tree / "local.txt").write_bytes(local)
+    shutil.copytree(tree, copy)
+    git("init", "--quiet", "--bare", str(history), cwd=tmp_path)
+    git(f"--git-dir={history}", "hash-object", "-w", str(tree / "committed.txt"), cwd=tmp_path)
+
+    init = baseline("init", tree, git_dir, None, "--objects-from", str(history / "objects"))
+    assert init.returncode == 0, init.stderr
+    loose = {path.parent.name + path.name for path in (git_dir / "objects").glob("??/*")}
+    assert blob_id(committed) not in loose and blob_id(local) in loose  # borrowed, not stored twice
+    (tree / "committed.txt").write_bytes(committed.replace(b"line 7\n", b"line seven\n"))
+    export = baseline("export", tree, git_dir)
+    assert export.returncode == 0, export.stderr
+    assert b"-committed line 7\n+committed line seven\n" in export.stdout  # the old side read from the history's objects
+    apply_patch(export.stdout, copy, tmp_path)
+    assert snapshot(copy) == snapshot(tree)
 
 
 def test_baseline_failures_exit_non_zero_with_a_message(tmp_path: Path, baseline: Callable[..., subprocess.CompletedProcess]) -> None:

@@ -6,11 +6,12 @@ Exit codes: 0 completed; 1 the agent stopped without success (for `replay`: the 
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -23,6 +24,7 @@ from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_ru
 from orchestrator.run.record import RunRecord
 from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
+from orchestrator.sizes import plural
 from orchestrator.terminal import safe
 
 app = typer.Typer(
@@ -38,8 +40,57 @@ app.add_typer(policy_app, name="policy")
 env_app = typer.Typer(help="Environment images made by setup phases: list, remove, prune.")
 app.add_typer(env_app, name="env")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Not a terminal and no COLUMNS (a CI log): lay out this wide, so no table or help text is cropped, and
+# never wrap lines. On a terminal, or with COLUMNS set, that width is used.
+LOG_WIDTH = 200
+os.environ.setdefault("TERMINAL_WIDTH", str(LOG_WIDTH) if not (sys.stdout.isatty() or os.environ.get("COLUMNS")) else "")
+
+
+class _UntilClosed(io.TextIOBase):
+    """stdout until its reader goes away (`airlock run ... | head`); after that, output is dropped, so a
+    closed pipe never stops a run half-way: it still exports its patch and closes its record."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        """From now on fd 1 is /dev/null: also what Python flushes at exit goes there, without a complaint."""
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+
+def _console(stream: TextIO) -> Console:
+    log = not stream.isatty()
+    width = LOG_WIDTH if log and not os.environ.get("COLUMNS") else None
+    return Console(file=_UntilClosed(stream), highlight=False, soft_wrap=log or stream is sys.stderr, width=width)  # type: ignore[arg-type]
+
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr)
 
 
 def _help_without_command(ctx: typer.Context) -> None:
@@ -80,6 +131,9 @@ def run(
     runtime: Annotated[
         str | None, typer.Option(help="Container runtime: runc, or runsc for gVisor's own kernel, if registered with Docker (default: runc).")
     ] = None,
+    git_history: Annotated[
+        str | None, typer.Option(metavar="full|recent|none|N", help="Git history in the sandbox: recent = the last 50 commits (default), or N of them.")
+    ] = None,
     verify: Annotated[str | None, typer.Option(help="Command run in the sandbox after the agent stops; its exit status decides success.")] = None,
     backend: Annotated[str, typer.Option(help=f"Where the sandbox runs: {', '.join(BACKENDS)} (Docker: the engine DOCKER_HOST names).")] = DEFAULT_BACKEND,
     namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace of the sandbox pod (default: the kubeconfig context's).")] = None,
@@ -108,7 +162,8 @@ def run(
     overrides = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
         max_reply_tokens=max_reply_tokens, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image, runtime=runtime,
-        setup_ca_bundle=str(setup_ca.resolve()) if setup_ca else None, setup_commands=[] if setup == ["none"] else setup,
+        git_history=git_history, setup_ca_bundle=str(setup_ca.resolve()) if setup_ca else None,
+        setup_commands=[] if setup == ["none"] else setup,
     )  # fmt: skip
     effective = load_policy(policy).with_overrides(**overrides)
     read_ca_bundle(effective.setup.ca_bundle)
@@ -283,14 +338,14 @@ def demo(
             record = _execute(RunConfig(**{**vars(config), "model": scripted.model}), scripted, banner)
     patch = (config.out / "patch.diff").read_text(encoding="utf-8", errors="replace")
     console.rule(f"patch.diff ({config.out / 'patch.diff'})")
-    console.print(Syntax(safe(patch).plain, "diff", theme="ansi_dark") if patch else "(empty patch)")
+    console.print(Syntax(safe(patch).plain, "diff", theme="ansi_dark", word_wrap=True) if patch else "(empty patch)")
     console.print(f"apply it to a copy with: airlock apply {config.out / 'patch.diff'} --repo <copy of {CALCULATOR_REPO}>")
     raise typer.Exit(record.exit_code)
 
 
 @app.command()
 def apply(
-    patch: Annotated[Path, typer.Argument(help="A patch.diff written by airlock.")],
+    patch: Annotated[Path, typer.Argument(help="A patch.diff written by airlock, or a run's folder (its patch.diff is applied).")],
     repo: Annotated[Path, typer.Option(help="The repository to apply it to.")],
     allow_dirty: Annotated[bool, typer.Option(help="Apply even if the repo has uncommitted changes.")] = False,
     check: Annotated[bool, typer.Option(help="Only check that the patch applies cleanly.")] = False,
@@ -348,12 +403,20 @@ def policy_check(
     file: Annotated[Path, typer.Argument(help="Policy file to validate.")],
     model: Annotated[str | None, typer.Option(help="Also check that the policy can apply to this model (a cost budget needs its price).")] = None,
 ) -> None:
-    """Validate a policy file (exit 0 if valid, 2 with the file, line and key if not); warn about what cannot apply."""
-    from orchestrator.policy.model import load_policy
+    """Validate a policy file (exit 0 if valid, 2 with the file, line and key of every problem if not); warn about what cannot apply."""
+    from orchestrator.policy.model import PolicyError, load_policy
     from orchestrator.policy.pricing import policy_warnings
 
-    warnings = policy_warnings(load_policy(file), model)
-    console.print(f"{file}: ok" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""), markup=False)
+    try:
+        loaded = load_policy(file)
+    except PolicyError as exc:
+        if len(exc.problems) == 1:
+            raise
+        for problem in exc.problems:
+            err_console.print(problem, markup=False)
+        raise UsageError(f"{len(exc.problems)} problems in {file}") from None
+    warnings = policy_warnings(loaded, model)
+    console.print(f"{file}: ok" + (f" ({plural(len(warnings), 'warning')})" if warnings else ""), markup=False)
     for warning in warnings:
         err_console.print(f"airlock: warning: {warning}", markup=False)
 

@@ -63,3 +63,33 @@ def path_matches(path: str, patterns: Sequence[str]) -> str | None:
         if any(regex.fullmatch(candidate) for candidate in (prefixes if anchored else parts)):
             return pattern
     return None
+
+
+class TreeMatcher:
+    """`path_matches` for a walk from the root down that never enters a folder that matched.
+
+    Below a folder that did not match, an entry matches exactly when its own name matches an
+    unanchored pattern or its own path an anchored one, so each entry costs one or two regex tests
+    (names are remembered) instead of one per pattern and folder level: what a walk over every
+    tree of a repository's history needs.
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        compiled = [_compile(pattern) for pattern in patterns]
+        self._names = _either([regex for regex, anchored in compiled if not anchored])
+        self._paths = _either([regex for regex, anchored in compiled if anchored])
+        self._by_name: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return self._names is not None or self._paths is not None
+
+    def matches(self, path: str, name: str) -> bool:
+        """Whether the entry `name` at `path` (its full repo-relative path) matches; its folder did not."""
+        hit = self._by_name.get(name)
+        if hit is None:
+            hit = self._by_name[name] = self._names is not None and self._names.fullmatch(name) is not None
+        return hit or (self._paths is not None and self._paths.fullmatch(path) is not None)
+
+
+def _either(regexes: list[re.Pattern[str]]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{regex.pattern})" for regex in regexes)) if regexes else None

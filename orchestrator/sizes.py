@@ -1,4 +1,4 @@
-"""Sizes as people write them (512m, 2g, 1.5GiB) and as they read them (512 MiB, 1.5 GiB)."""
+"""Sizes as people write them (512m, 2g, 1.5GiB) and as they read them (512 MiB, 1.5 GiB); counts too (1 file, 2 files)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,8 @@ def parse_size(text: str, what: str, *, minimum: int = 0) -> int:
 
 def human_size(size: int) -> str:
     return f"{size / 1024**3:.1f} GiB" if size >= 1024**3 else f"{size / 1024**2:.0f} MiB"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 file', '2 files', '1,234 steps'."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")

@@ -118,6 +118,9 @@ class LocalBackend:
     def prepare(self, spec: SandboxSpec, log: Callable[[str], None]) -> dict[str, Any]:
         return {}
 
+    def check(self, spec: SandboxSpec) -> None:
+        pass  # any "image" will do: a box is a temporary folder
+
     def start(self, spec: SandboxSpec) -> LocalBox:
         box = LocalBox(spec)
         self.boxes.append(box)

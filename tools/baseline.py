@@ -1,6 +1,6 @@
 """Record the untouched work tree, and later export every change since then as one binary git diff.
 
-    python3 -E -s -B baseline.py init   --root /workspace --git-dir /var/lib/airlock/baseline.git
+    python3 -E -s -B baseline.py init   --root /workspace --git-dir /var/lib/airlock/baseline.git [--objects-from DIR]
     python3 -E -s -B baseline.py export --root /workspace --git-dir /var/lib/airlock/baseline.git > patch.diff
     python3 -E -s -B baseline.py apply  --root /workspace --git-dir /var/lib/airlock/apply.git < patch.diff
 
@@ -134,11 +134,19 @@ class Baseline:
         if os.path.commonpath([self.root, self.git_dir]) == self.root:
             raise BaselineError(f"--git-dir {git_dir} must be outside --root {root}, or the tree would record itself")
 
-    def init(self) -> int:
-        """Commit the tree as it is now; returns how many files it holds."""
+    def init(self, objects_from: str | None = None) -> int:
+        """Commit the tree as it is now; returns how many files it holds.
+
+        `objects_from`: an objects folder (the repo's history as shipped) to borrow from: a file that is
+        already there (unchanged since the last commit) is only hashed, not compressed and stored again."""
         os.makedirs(self.git_dir, exist_ok=True)
         self._git("init", "--quiet", "--template=")  # no template: no sample hooks, nothing we did not write
         self._git("symbolic-ref", "HEAD", BRANCH)  # works on any git, unlike init --initial-branch
+        if objects_from:
+            info = os.path.join(self.git_dir, "objects", "info")
+            os.makedirs(info, exist_ok=True)
+            with open(os.path.join(info, "alternates"), "w", encoding="utf-8") as f:
+                f.write(os.path.realpath(objects_from) + "\n")
         self._write_info()
         self._add_all()
         self._git("commit", "--quiet", "--no-verify", "--allow-empty", "--no-gpg-sign", "-m", "baseline")
@@ -230,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="the work tree")
     parser.add_argument("--git-dir", required=True, help="where the baseline is kept (outside the work tree)")
     parser.add_argument("--exclude-from", help="a file of further gitignore patterns (if it exists)")
+    parser.add_argument("--objects-from", help="init: an objects folder whose objects need not be stored again")
     options = parser.parse_args(argv)
     try:
         baseline = Baseline(options.root, options.git_dir, options.exclude_from)
         if options.command == "init":
-            print(json.dumps({"files": baseline.init()}), flush=True)
+            print(json.dumps({"files": baseline.init(options.objects_from)}), flush=True)
         elif options.command == "apply":
             baseline.apply(sys.stdin.buffer.read())
         else:

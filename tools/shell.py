@@ -20,7 +20,9 @@ from toolkit import Context, Param, Result, Tool, ToolError
 _READ_CHUNK = 65536
 # How to see what a cut dropped, said where it was dropped.
 SEE_MORE = "; narrow the command with grep, head or tail, or redirect it to a file and read line ranges"
-_POLL_SECONDS = 0.05  # how often to look whether the main process exited while the pipe is quiet
+# Without a pidfd to be woken by (an old kernel, some sandbox runtimes): how often to look whether the
+# main process exited while the pipe is quiet.
+_POLL_SECONDS = 0.05
 _DRAIN_SECONDS = 1.0  # how long to keep reading after the main process is gone
 
 
@@ -85,7 +87,7 @@ def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int, max_pr
     assert proc.stdout is not None
     output = CappedBuffer(max_output_bytes)
     try:
-        with _Pipe(proc.stdout.fileno()) as pipe:
+        with _Pipe(proc.stdout.fileno(), proc.pid) as pipe:
             timed_out = not pipe.pump(output, started + timeout, until=lambda: _has_exited(proc.pid))
             _end_everything(proc.pid)  # the command on timeout, else what it left running
             pipe.pump(output, time.monotonic() + _DRAIN_SECONDS, until=pipe.closed)
@@ -103,20 +105,30 @@ def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int, max_pr
 
 
 class _Pipe:
-    """The read end of the command's output pipe, read without ever blocking past a deadline."""
+    """The read end of the command's output pipe, read without ever blocking past a deadline.
 
-    def __init__(self, fd: int) -> None:
+    The main process's pidfd waits in the same selector, so its exit wakes the reader at once even
+    when the pipe reached end of file first (a trivial command often closes its output a moment
+    before its exit is visible): no sleeping on a poll interval.
+    """
+
+    def __init__(self, fd: int, pid: int) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
         self._closed = False
         self._selector = selectors.DefaultSelector()
         self._selector.register(fd, selectors.EVENT_READ)
+        self._exit_fd = _pidfd(pid)
+        if self._exit_fd is not None:
+            self._selector.register(self._exit_fd, selectors.EVENT_READ)
 
     def __enter__(self) -> _Pipe:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._selector.close()
+        if self._exit_fd is not None:
+            os.close(self._exit_fd)
 
     def closed(self) -> bool:
         """Whether every writer is gone (end of file was read)."""
@@ -128,11 +140,13 @@ class _Pipe:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            wait = min(remaining, _POLL_SECONDS)
-            if self._closed:  # e.g. the command closed its stdout but still runs
-                time.sleep(wait)
-            elif self._selector.select(wait):
-                self._read_into(sink)
+            watching_exit = self._exit_fd is not None and self._exit_fd in self._selector.get_map()
+            wait = remaining if watching_exit else min(remaining, _POLL_SECONDS)
+            for key, _ in self._selector.select(wait):  # with nothing registered, it just waits
+                if key.fd == self._fd:
+                    self._read_into(sink)
+                else:  # the process exited: its pidfd stays readable, so stop watching it
+                    self._selector.unregister(key.fd)
         return True
 
     def _read_into(self, sink: CappedBuffer) -> None:
@@ -145,6 +159,14 @@ class _Pipe:
         else:
             self._closed = True
             self._selector.unregister(self._fd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when the (unreaped) child exits; None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _has_exited(pid: int) -> bool:

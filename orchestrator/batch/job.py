@@ -24,12 +24,14 @@ from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
 from orchestrator.policy.pricing import cost_usd
 from orchestrator.run.record import succeeded
+from orchestrator.sizes import human_size
 
 State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"]
 # A run.json with one of these did not finish its work: a resumed batch runs the task again.
 UNFINISHED = ("running", "interrupted")
 LOG_NAME = "airlock.log"
 POLICY_NAME = "policy.toml"
+DEFINITION_NAME = "batch-task.json"  # what the task was when it ran, to tell on resume whether it changed
 
 
 def read_record(out: Path) -> dict[str, Any] | None:
@@ -99,6 +101,7 @@ class Job:
         if self.out.exists():
             self.moved_to = move_aside(self.out)
         self.out.mkdir(parents=True)
+        (self.out / DEFINITION_NAME).write_text(json.dumps(self.task.definition(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         task_file = coordination / f"{self.id}.task"
         task_file.write_text(self.task.task, encoding="utf-8")
         policy_file = self.out / POLICY_NAME  # kept with the run: the policy it ran under, and what it was made of
@@ -111,6 +114,15 @@ class Job:
         env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), **(where.env() if where else {})}
         self.proc = launch(args, env, self.out / LOG_NAME)
         self.state, self.started = "running", time.monotonic()
+
+    def changed_since_run(self) -> list[str]:
+        """What of the task's definition differs from when its earlier run started (nothing known: nothing)."""
+        try:
+            earlier = json.loads((self.out / DEFINITION_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        now = json.loads(json.dumps(self.task.definition()))  # as JSON has it, tuples as lists
+        return [key for key in now if not isinstance(earlier, dict) or earlier.get(key) != now[key]]
 
     def stop_file(self, coordination: Path) -> Path:
         return coordination / f"{self.id}.stop"
@@ -155,6 +167,8 @@ class Job:
                 self.usage.add(_Fields(event.get("usage") or {}))
                 names = [p.get("name", "?") for p in (event.get("message") or {}).get("content", []) if p.get("type") == "tool_call"]
                 self.activity = ", ".join(names) if names else "answering"
+            elif kind == "copy_progress":  # a big repo still streaming into its sandbox
+                self.activity = f"copying the repo in: {human_size(event.get('bytes', 0))} of {human_size(event.get('total_bytes', 0))}"
             elif kind == "run_end":
                 self.activity = "finishing"
         return began

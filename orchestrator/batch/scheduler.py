@@ -43,6 +43,7 @@ from orchestrator.policy.model import load_policy
 from orchestrator.providers.backoff import SharedBackoff
 from orchestrator.sandbox.backends import get_backend
 from orchestrator.sandbox.spec import SandboxSpec
+from orchestrator.sizes import plural
 from orchestrator.terminal import safe
 
 POLL_S = 0.3
@@ -142,10 +143,13 @@ class Batch:
     # --- resume ----------------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        """Tasks finished by an earlier invocation are kept as they are, unless --redo."""
+        """Tasks finished by an earlier invocation are kept as they are, unless --redo or their definition changed."""
         for job in self.jobs:
             record = read_record(job.out)
             if record is None or record.get("status") in UNFINISHED or was_lost(job.out) or self.options.redo:
+                continue
+            if changed := job.changed_since_run():
+                self.display.log(f"{safe(job.id).markup} runs again: its definition changed since its earlier run ({safe(', '.join(changed)).markup})")
                 continue
             job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
             self.display.log(f"{safe(job.id).markup} skipped: finished earlier ({safe(job.status).markup})")
@@ -222,7 +226,7 @@ class Batch:
         verdict = "" if not verify or verify.get("skipped") else f" (verify {'passed' if verify.get('passed') else 'failed'})"
         files = (record.get("patch") or {}).get("files_changed", 0)
         steps = record.get("steps", job.step)
-        details = f"{_plural(steps, 'step')}, {_plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
+        details = f"{plural(steps, 'step')}, {plural(files, 'file')}, {money(job.cost)}, {job.elapsed():.1f} s"
         style = "green" if job.succeeded else "red"
         error = f": {safe(job.error).markup}" if job.error and not job.succeeded else ""
         self.display.log(f"{safe(job.id).markup} [{style}]{safe(job.status).markup}[/]{verdict} · {details}{error}")
@@ -384,10 +388,6 @@ class Batch:
             except BlockingIOError:
                 raise UsageError(f"another airlock batch is using {out}; wait for it or choose another --out") from None
             yield
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _why_down(engine: Engine) -> str | None:

@@ -98,7 +98,8 @@ def _verify(row: dict[str, Any]) -> str:
 def print_table(console: Console, rows: list[dict[str, Any]], sums: dict[str, Any]) -> None:
     table = Table(title="airlock batch", title_justify="left", header_style="bold")
     for column in ("task", "status", "verify", "steps", "tokens", "cost", "time", "files"):
-        table.add_column(column, justify="left" if column in ("task", "status", "verify") else "right", no_wrap=column in ("task", "status"))
+        # Folded, never cut: a narrow COLUMNS may wrap a value, but every value is there in full.
+        table.add_column(column, justify="left" if column in ("task", "status", "verify") else "right", overflow="fold")
     for row in rows:
         status = row["status"] + (" (earlier)" if row["skipped"] else "")
         style = "green" if row["succeeded"] else STATUS_STYLE.get(row["status"], "red")

@@ -89,6 +89,13 @@ class BatchTask:
     model_access: tuple[str, ...] = ()
     sandbox_image: str = DEFAULT_IMAGE  # the image its sandbox runs: `image`, else its policy's
 
+    def definition(self) -> dict[str, Any]:
+        """Everything that decides what the task's run does; a resumed batch runs it again when this changed."""
+        return {
+            "task": self.task, "repo": self.repo, "ref": self.ref, "model": self.model, "model_access": list(self.model_access),
+            "verify": self.verify, "policy": self.policy.model_dump(mode="json"),
+        }  # fmt: skip
+
     def run_options(self, policy_file: Path) -> list[str]:
         """The `airlock run` options that carry this task's settings; its policy is written to `policy_file`."""
         options = [*self.model_access, "--model", self.model, "--policy", str(policy_file)]

@@ -63,6 +63,10 @@ def apply_patch(patch_file: Path, repo: Path, *, allow_dirty: bool = False, chec
     ApplyError when git cannot be run.
     """
     patch_file, repo = Path(patch_file), Path(repo)
+    if patch_file.is_dir():  # a run's folder: its patch
+        if not (patch_file / "patch.diff").is_file():
+            raise UsageError(f"{patch_file} is a folder without a patch.diff: give a patch file, or a run's folder (one holding patch.diff)")
+        patch_file = patch_file / "patch.diff"
     if not patch_file.is_file():
         raise UsageError(f"patch file not found: {patch_file}")
     if not repo.is_dir():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomllib
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UsageError
 from orchestrator.sandbox.egress import DEFAULT_ALLOW_HOSTS, check_host
@@ -33,7 +33,17 @@ DEFAULT_HIDDEN = [
 
 
 class PolicyError(UsageError):
-    """A policy file or a policy override that cannot be used (exit 2)."""
+    """A policy file or a policy override that cannot be used (exit 2). As one line, the first problem;
+    `problems` has them all (`airlock policy check` lists them)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def listing(cls, problems: list[str]) -> PolicyError:
+        more = len(problems) - 1
+        return cls(problems[0] + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""), problems)
 
 
 def _size(minimum: int) -> BeforeValidator:
@@ -55,6 +65,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+# The workspace is a tmpfs whose pages count toward the memory limit: this much must be left for processes.
+PROCESS_MEMORY = 256 * MiB
+
+
 class LimitsPolicy(_Section):
     cpus: float = Field(2.0, ge=0.01)  # Docker's smallest CPU quota
     memory: Annotated[int, _size(128 * MiB)] = 4 * GiB
@@ -69,6 +83,20 @@ class LimitsPolicy(_Section):
     max_repeated_calls: int = Field(3, ge=2)  # the same call with the same result this many times in a row: a nudge, then `stuck`
     max_patch_bytes: Annotated[int, _size(0), Field(ge=1)] = 10 * MiB
     max_patch_files: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _disk_fits_in_memory(self) -> LimitsPolicy:
+        if self.disk > self.memory - PROCESS_MEMORY:
+            raise ValueError(
+                f"the workspace (disk {_exact(self.disk)}) counts toward the memory limit (memory {_exact(self.memory)}) "
+                f"and must leave {_exact(PROCESS_MEMORY)} of it for processes: raise memory to at least "
+                f"{_exact(self.disk + PROCESS_MEMORY)} or lower disk"
+            )
+        return self
+
+
+def _exact(size: int) -> str:
+    return f"{size // GiB} GiB" if size % GiB == 0 else f"{size // MiB} MiB" if size % MiB == 0 else f"{size:,} bytes"
 
 
 SIZE_FIELDS = ("memory", "disk", "max_patch_bytes")
@@ -133,10 +161,29 @@ class NetworkPolicy(_Section):
         return value
 
 
+def _history_choice(value: Any) -> str | int:
+    """'full', 'recent', 'none', or a number of commits (from the command line, a string of digits)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value in ("full", "recent", "none") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"must be full, recent, none or a number of commits (1 or more), not {_show(value)}")
+
+
+RECENT_COMMITS = 50  # generations of "recent" history, counted as `git clone --depth` counts them
+
+
 class SandboxPolicy(_Section):
     image: str = Field(DEFAULT_IMAGE, min_length=1)
     runtime: Literal["runc", "runsc"] = "runc"
     user: str = "1000:1000"
+    git_history: Annotated[str | int, BeforeValidator(_history_choice)] = "recent"
+
+    @property
+    def history_depth(self) -> int | None:
+        """Generations of history the sandbox's .git gets: None for all, 0 for none."""
+        choice = self.git_history
+        return None if choice == "full" else 0 if choice == "none" else RECENT_COMMITS if choice == "recent" else int(choice)
 
     @field_validator("user")
     @classmethod
@@ -272,8 +319,8 @@ class Policy(_Section):
             policy = Policy.model_validate(data)
         except ValidationError as exc:
             error = exc.errors()[0]
-            flag = ("setup-" if error["loc"][0] == "setup" else "") + str(error["loc"][1]).replace("_", "-")
-            raise PolicyError(f"--{_FLAGS.get(flag, flag)} {_message(error)}") from None
+            flag = _flag(error["loc"])
+            raise PolicyError(f"{flag} {_message(error)}" if flag else _message(error)) from None
         policy._source = self._source
         policy._overrides = tuple(dict.fromkeys([*self._overrides, *(f"--{key.replace('_', '-')}" for key in given)]))
         return policy
@@ -307,10 +354,19 @@ class Policy(_Section):
         return _render(self.model_dump(), header, sizes=sizes)
 
 
-SANDBOX_OVERRIDES = frozenset({"image", "runtime"})
+SANDBOX_OVERRIDES = frozenset({"image", "runtime", "git_history"})
 # Overrides whose command-line flag is not `--<section-prefix><key>`.
 _FLAGS = {"setup-commands": "setup", "setup-ca-bundle": "setup-ca"}
 OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | SANDBOX_OVERRIDES | {f"setup_{name}" for name in SetupPolicy.model_fields}
+
+
+def _flag(loc: tuple[int | str, ...]) -> str:
+    """The command-line flag of an error's key ('--git-history', '--setup'); none for a rule across keys."""
+    if len(loc) > 1 and loc[0] == "setup":
+        flag = f"setup-{loc[1]}".replace("_", "-")
+        return f"--{_FLAGS.get(flag, flag)}"
+    keys = [part for part in loc if isinstance(part, str) and part in OVERRIDABLE]
+    return f"--{keys[0].replace('_', '-')}" if keys else ""
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -333,7 +389,7 @@ def load_policy(path: Path | None) -> Policy:
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_describe(path, text, exc)) from None
+        raise PolicyError.listing(_describe(path, text, exc)) from None
     policy._source = str(path)
     return policy
 
@@ -341,18 +397,18 @@ def load_policy(path: Path | None) -> Policy:
 # --- one clear line per validation error -------------------------------------------------------------------
 
 
-def _describe(path: Path, text: str, exc: ValidationError) -> str:
-    """The first problem in file order, as 'PATH:LINE: [section] key: message (and N more problems)'."""
+def _describe(path: Path, text: str, exc: ValidationError) -> list[str]:
+    """Every problem in file order, each as 'PATH:LINE: [section] key: message'."""
     lines = _key_lines(text)
-    errors = exc.errors()
-    located = [(_line_of(error["loc"], lines), error) for error in errors]
+    located = [(_line_of(error["loc"], lines), error) for error in exc.errors()]
     # File order, unlocated ones after; a missing key last, as it is often the consequence of a misspelt one.
-    line, error = min(located, key=lambda item: (item[1]["type"] == "missing", item[0] is None, item[0] or 0))
-    loc = error["loc"]
-    where = f"[{_key(str(loc[0]))}]" if len(loc) == 1 and isinstance(error.get("input"), dict) else _where(loc)
-    message = f"{path}{f':{line}' if line else ''}: {where}{': ' if where else ''}{_message(error)}"
-    more = len(errors) - 1
-    return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+    located.sort(key=lambda item: (item[1]["type"] == "missing", item[0] is None, item[0] or 0))
+    problems = []
+    for line, error in located:
+        loc = error["loc"]
+        where = f"[{_key(str(loc[0]))}]" if len(loc) == 1 and isinstance(error.get("input"), dict) else _where(loc)
+        problems.append(f"{path}{f':{line}' if line else ''}: {where}{': ' if where else ''}{_message(error)}")
+    return problems
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

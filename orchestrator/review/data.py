@@ -96,6 +96,7 @@ class RunSummary(_Loose):
     verify: VerifyInfo | None = None
     setup: SetupInfo | None = None
     sandbox: dict[str, Any] = Field(default_factory=dict)
+    snapshot: dict[str, Any] = Field(default_factory=dict)  # what was copied in, and what the policy hid
     policy_events: list[dict[str, Any]] = Field(default_factory=list)
     error: str | None = None
 
@@ -277,6 +278,7 @@ class RunData(BaseModel):
 
     folder: Path
     name: str  # the task id in a batch (the folder's name)
+    title: str = ""  # what a reader calls it: the task id in a batch, the task's first line for a run of its own
     summary: RunSummary
     diffs: list[FileDiff] = Field(default_factory=list)
     diff_source: str | None = None  # the file the diff was read from
@@ -291,6 +293,10 @@ class RunData(BaseModel):
     @property
     def succeeded(self) -> bool:
         return succeeded(self.summary.status, self.summary.verify)
+
+    @property
+    def heading(self) -> str:
+        return self.title or self.name
 
     @property
     def all_flags(self) -> list[Flag]:
@@ -361,10 +367,24 @@ def _run_flags(run: RunData) -> list[Flag]:
         flags.append(Flag(severity="danger", code="mismatch", message="patch.diff does not match the changes run.json lists: it was changed after the run"))
     for event in summary.policy_events:
         flags.append(Flag(severity="note", code="policy", message=f"policy: {_text(event.get('rule', ''))}: {_text(event.get('detail', ''))}"))
+    if hidden := _hidden_note(summary.snapshot):
+        flags.append(Flag(severity="note", code="hidden", message=hidden))
     if run.trajectory.bad_lines:
         what = "its last line is torn" if run.trajectory.torn_last_line and run.trajectory.bad_lines == 1 else f"{run.trajectory.bad_lines} unreadable line(s)"
         flags.append(Flag(severity="note", code="trajectory", message=f"trajectory.jsonl: {what}"))
     return flags
+
+
+def _hidden_note(snapshot: dict[str, Any]) -> str | None:
+    """What the policy kept out of the sandbox: a test that failed for a missing fixture is then no mystery."""
+    hidden = [_text(path) for path in snapshot.get("hidden") or [] if path is not None]
+    history = _dict(snapshot.get("history"))
+    removed = _int(history.get("hidden_paths")) or 0
+    if not hidden and not removed:
+        return None
+    shown = ", ".join(hidden[:3]) + (", …" if len(hidden) > 3 else "")
+    note = f"hidden by policy: {len(hidden)} path{'s' if len(hidden) != 1 else ''} not copied into the sandbox" + (f", e.g. {shown}" if hidden else "")
+    return note + (f"; {removed} removed from its git history" if removed else "")
 
 
 def _matches_record(run: RunData) -> bool:
@@ -404,7 +424,9 @@ def load_collection(path: Path) -> Collection:
         raise UsageError(f"{path} is not a folder")
     folders = sorted(p for p in path.iterdir() if is_run_folder(p) and not p.name.startswith("."))
     if (path / "run.json").is_file() or (not folders and is_run_folder(path)):
-        return Collection(root=path, single=True, runs=[load_run(path)])
+        run = load_run(path)
+        run.title = _task_title(run.summary.task) or run.name  # its folder's name ("out") says little
+        return Collection(root=path, single=True, runs=[run])
     if not folders:
         raise UsageError(f"no runs in {path}: expected a run folder (with run.json) or a folder of them")
     batch = _read_batch_summary(path / "summary.json")
@@ -413,6 +435,11 @@ def load_collection(path: Path) -> Collection:
     folders.sort(key=lambda f: (rank.get(f.name, len(rank)), f.name))
     runs = [load_run(f) for f in folders]
     return Collection(root=path, single=False, runs=runs, batch=batch, not_run=_not_run(batch, {f.name for f in folders}))
+
+
+def _task_title(task: str, limit: int = 80) -> str:
+    line = next((line.strip() for line in task.splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _read_batch_summary(path: Path) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from orchestrator.review.data import Collection, RunData, Step, ToolCall, model_
 from orchestrator.review.diff import DiffLine, FileDiff
 from orchestrator.review.flags import SEVERITY_ORDER, Flag, describe_char
 from orchestrator.review.highlight import Tokens, highlight
+from orchestrator.sizes import plural
 from orchestrator.terminal import HIDDEN_RE, escape_char, hidden_kind
 
 ASSETS = Path(__file__).parent / "assets"
@@ -85,6 +86,11 @@ def _name(path: str | None) -> str:
 
 def _code(text: str) -> str:
     return _t(text, keep="\t", strict=True)
+
+
+def _code_lines(text: str) -> str:
+    """Code shown as a block: its line breaks are line breaks, every other hidden character an escape."""
+    return _t(text, keep="\t\n", strict=True)
 
 
 def _attr(text: str) -> str:
@@ -149,7 +155,7 @@ def render_report(collection: Collection, target: Path, now: datetime | None = N
     csp = f"default-src 'none'; script-src {_csp_hash(js)}; style-src {_csp_hash(css)}; img-src data:; base-uri 'none'; form-action 'none'"
     anchors = _anchors(collection.runs)
     generated = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
-    title = "airlock review" + (f" · {collection.runs[0].name}" if collection.single else f" · {len(collection.runs)} tasks")
+    title = "airlock review" + (f" · {collection.runs[0].heading}" if collection.single else f" · {len(collection.runs)} tasks")
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n',
@@ -263,7 +269,7 @@ def _index(collection: Collection, anchors: list[str]) -> str:
         ("warn" if attention else "", f"{attention}", "need attention"),
         ("", cost, cost_label),
         ("", f"{_short(tokens_in)} / {_short(tokens_out)}", "tokens in / out"),
-        ("", f"{sum(r.files_changed for r in runs):,}", "files changed"),
+        ("", f"{(files := sum(r.files_changed for r in runs)):,}", "file changed" if files == 1 else "files changed"),
     ]
     out = ['<section id="index">\n<div class="cards">']
     out += [f'<div class="card {cls}"><div class="v">{value}</div><div class="k">{label}</div></div>' for cls, value, label in cards]
@@ -284,7 +290,7 @@ def _index(collection: Collection, anchors: list[str]) -> str:
         flag_rank = run.count("danger") * 10_000 + run.count("attention") * 100 + run.count("note")
         out.append(
             f'<tr data-pos="{pos}" data-run="{_attr(run.name)}" data-href="{anchor}">'
-            f'<td class="task" data-v="{_attr(run.name.lower())}"><a class="task-name" href="#{anchor}">{_name(run.name)}</a>'
+            f'<td class="task" data-v="{_attr(run.name.lower())}"><a class="task-name" href="#{anchor}">{_name(run.heading)}</a>'
             f'<div class="task-line">{_t(_first_line(summary.task))}</div></td>'
             f'<td data-v="{STATUS_RANK.get(run.status, 99)}">{_status_pill(run.status)}</td>'
             f'<td class="nowrap" data-v="{verify_rank}">{verify_html}</td>'
@@ -325,12 +331,12 @@ def _run(run: RunData, i: int, anchors: list[str], target: Path) -> str:
     prev_link = f'<a href="#{anchors[i - 1]}">‹ previous</a>' if i > 0 else '<span class="faint">‹ previous</span>'
     next_link = f'<a href="#{anchors[i + 1]}">next ›</a>' if i + 1 < len(anchors) else '<span class="faint">next ›</span>'
     out = [
-        f'<section class="run" id="{anchor}" data-run="{_attr(run.name)}" data-title="{_attr(run.name)}">\n',
+        f'<section class="run" id="{anchor}" data-run="{_attr(run.name)}" data-title="{_attr(run.heading)}">\n',
         (
             f'<nav class="crumbs"><a href="#index">← All tasks</a><span class="pos">task {i + 1} of {len(anchors)}</span>'
             f'<span class="spacer"></span>{prev_link}{next_link}</nav>\n'
         ),
-        f'<div class="run-head"><h2>{_name(run.name)}</h2>{_status_pill(run.status)}</div>\n',
+        f'<div class="run-head"><h2>{_name(run.heading)}</h2>{_status_pill(run.status)}</div>\n',
         _facts(run, target),
         _banners(run, anchor),
     ]
@@ -354,7 +360,7 @@ def _facts(run: RunData, target: Path) -> str:
     facts = [
         ("model", _t(model_label(s)) or "—"),
         ("run id", _t(s.run_id) or "—"),
-        ("steps", f"{s.steps} · {s.tool_calls} tool calls"),
+        ("steps", f"{s.steps} · {plural(s.tool_calls, 'tool call')}"),
         (
             "tokens",
             f"in {u.input_tokens:,} · cache read {u.cache_read_input_tokens:,} · cache write {u.cache_creation_input_tokens:,} · out {u.output_tokens:,}",
@@ -447,7 +453,7 @@ def _diff_section(run: RunData, anchor: str) -> str:
     source = "" if run.diff_source == "patch.diff" else f" · <b>from {_t(run.diff_source)}</b>"
     out.append(
         '<div class="diff-bar">'
-        f"<span>{run.files_changed} file{'s' if run.files_changed != 1 else ''} changed, "
+        f"<span>{plural(run.files_changed, 'file')} changed, "
         f'<ins class="n">+{run.insertions:,}</ins> <del class="n">−{run.deletions:,}</del>{source}</span>'
         '<span class="spacer"></span>'
         '<span class="seg js-only" role="group" aria-label="diff layout">'
@@ -570,8 +576,8 @@ def _timeline(run: RunData, anchor: str) -> str:
     traj = run.trajectory
     head = (
         '<h3>Trajectory</h3>\n<div class="timeline-bar"><span class="muted">'
-        f"{len(traj.steps)} step{'s' if len(traj.steps) != 1 else ''} · "
-        f'{sum(len(s.tool_calls) for s in traj.steps)} tool calls</span><span class="spacer"></span>'
+        f"{plural(len(traj.steps), 'step')} · "
+        f'{plural(sum(len(s.tool_calls) for s in traj.steps), "tool call")}</span><span class="spacer"></span>'
         '<button type="button" class="btn js-only" data-action="expand">Expand all</button>'
         '<button type="button" class="btn js-only" data-action="collapse">Collapse all</button></div>\n'
     )
@@ -666,10 +672,10 @@ def _call_input(call: ToolCall) -> str:
         return ""
     command = _arg(call, "command")
     if call.name == "run_bash" and command is not None and ("\n" in command or len(command) > 110):
-        return f'<pre class="cmd">{_code(command)}</pre>'
+        return f'<pre class="cmd">{_code_lines(command)}</pre>'
     if call.name == "write_file" and (content := _arg(call, "content")) is not None:
         lines = content.count("\n") + (not content.endswith("\n"))
-        return f'<details class="more"><summary>content written ({lines:,} line{"s" if lines != 1 else ""})</summary><pre class="out">{_code(content)}</pre></details>'
+        return f'<details class="more"><summary>content written ({lines:,} line{"s" if lines != 1 else ""})</summary><pre class="out">{_code_lines(content)}</pre></details>'
     if call.name == "edit_file" and (_arg(call, "old_str") is not None or _arg(call, "new_str") is not None):
         old = "".join(f'<span class="del">-{_code(ln)}</span>' for ln in (_arg(call, "old_str") or "").split("\n"))
         new = "".join(f'<span class="add">+{_code(ln)}</span>' for ln in (_arg(call, "new_str") or "").split("\n"))

@@ -18,6 +18,7 @@ from rich.text import Text
 from orchestrator.errors import UsageError
 from orchestrator.review.data import RunData, Step, ToolCall, is_run_folder, load_run, model_label
 from orchestrator.review.diff import FileDiff
+from orchestrator.sizes import plural
 from orchestrator.terminal import safe
 
 STATUS_STYLE = {"completed": "bold green", "running": "bold blue", "interrupted": "bold yellow", "max_steps": "bold yellow",
@@ -34,9 +35,7 @@ def load_single_run(path: Path) -> RunData:
     if not is_run_folder(path):
         runs = sorted(p for p in path.iterdir() if is_run_folder(p))
         if runs:
-            raise UsageError(
-                f"{path} holds {len(runs)} run{'s' if len(runs) != 1 else ''}: pass one of them (e.g. {runs[0]}), or see them all with `airlock review {path}`"
-            )
+            raise UsageError(f"{path} holds {plural(len(runs), 'run')}: pass one of them (e.g. {runs[0]}), or see them all with `airlock review {path}`")
         raise UsageError(f"no run in {path}: expected run.json, patch.diff or trajectory.jsonl")
     return load_run(path)
 
@@ -75,7 +74,7 @@ def _header(run: RunData, console: Console) -> None:
     cost = "cost unknown" if s.cost_usd is None else f"${s.cost_usd:.4f}"
     duration = "—" if not s.duration_s else f"{s.duration_s:.1f} s"
     console.print(
-        f"{s.steps} steps · {s.tool_calls} tool calls · tokens in {u.input_tokens:,} · cache read {u.cache_read_input_tokens:,} · "
+        f"{plural(s.steps, 'step')} · {plural(s.tool_calls, 'tool call')} · tokens in {u.input_tokens:,} · cache read {u.cache_read_input_tokens:,} · "
         f"cache write {u.cache_creation_input_tokens:,} · out {u.output_tokens:,} · {cost} · {duration}",
         markup=False,
     )
@@ -122,7 +121,7 @@ def _flags(run: RunData, console: Console) -> None:
 
 def _diffstat(run: RunData, console: Console) -> None:
     source = "" if run.diff_source in (None, "patch.diff") else f" (from {run.diff_source})"
-    console.rule(Text(f"{run.files_changed} files changed, +{run.insertions} -{run.deletions}{source}", style="bold"), style="dim")
+    console.rule(Text(f"{plural(run.files_changed, 'file')} changed, +{run.insertions} -{run.deletions}{source}", style="bold"), style="dim")
     if run.diff_source is None:
         console.print("no patch file in this run folder", style="dim")
         return
@@ -180,7 +179,7 @@ def _diff(run: RunData, console: Console, max_lines: int) -> None:
 
 def _trajectory(run: RunData, console: Console) -> None:
     traj = run.trajectory
-    console.rule(Text(f"trajectory: {len(traj.steps)} steps", style="bold"), style="dim")
+    console.rule(Text(f"trajectory: {plural(len(traj.steps), 'step')}", style="bold"), style="dim")
     if not traj.present:
         console.print("no trajectory.jsonl in this run folder", style="dim")
         return

@@ -10,7 +10,7 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, Part, Reply, Text, ToolCall, ToolResult
 from orchestrator.errors import ModelError
@@ -19,7 +19,7 @@ from orchestrator.providers.base import ContextOverflow, Provider
 from orchestrator.run.context import ContextWindow, Trim
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import Trajectory
-from orchestrator.sandbox.channel import ToolChannel
+from orchestrator.sandbox.channel import ToolReply
 from orchestrator.tokens import cap_text, cap_tokens
 from orchestrator.tool_specs import ToolInputError, tool_schemas, validate_call
 
@@ -54,6 +54,12 @@ _TIMINGS = re.compile(r"\d+\.\d+")
 TOOL_TIMEOUT_GRACE_S = 15.0
 
 
+class Tools(Protocol):
+    """Where tool calls go: the sandbox's tool server (orchestrator.sandbox.channel.ToolChannel)."""
+
+    def call(self, tool: str, args: dict[str, Any], timeout: float) -> ToolReply: ...
+
+
 @dataclass(frozen=True)
 class Limits:
     max_steps: int
@@ -66,10 +72,14 @@ class Limits:
 
 
 class Agent:
-    def __init__(self, provider: Provider, channel: ToolChannel, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard) -> None:
+    def __init__(
+        self, provider: Provider, channel: Tools, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard, *, sandbox_notes: str = ""
+    ) -> None:  # fmt: skip
+        """`sandbox_notes`: what the model should know about its sandbox (the history it has, files withheld)."""
         self.provider, self.channel, self.limits, self.guard = provider, channel, limits, guard
         self.trace, self.trajectory = trace, trajectory
-        self.context = ContextWindow(limits.context_window, SYSTEM_PROMPT + json.dumps(tool_schemas()), limits.max_reply_tokens)
+        self.system = SYSTEM_PROMPT + (f"\n\nAbout this sandbox:\n{sandbox_notes}" if sandbox_notes else "")
+        self.context = ContextWindow(limits.context_window, self.system + json.dumps(tool_schemas()), limits.max_reply_tokens)
         self.steps = 0
         self.tool_calls = 0
         self.final_text = ""
@@ -145,7 +155,7 @@ class Agent:
             started = time.monotonic()
             try:
                 timeout = max(0.001, self.limits.deadline - started)
-                reply = self.provider.complete(SYSTEM_PROMPT, messages, timeout=timeout, max_tokens=self.context.reply_tokens)
+                reply = self.provider.complete(self.system, messages, timeout=timeout, max_tokens=self.context.reply_tokens)
                 break
             except ContextOverflow as exc:
                 reply_tokens = self.context.reply_tokens

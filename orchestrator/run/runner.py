@@ -1,5 +1,9 @@
 """One run from start to end: sandbox up, repo in, agent loop, patch out, verify, records, sandbox gone.
 
+What would stop the run from starting (an unknown image, a repo too big for the workspace) is checked
+before any output exists. Then the model is asked for its first step while the sandbox is made ready
+beside it (orchestrator.run.startup).
+
 Whatever ends the run (the model finishing, a limit, a model or sandbox error, Ctrl-C), the work done so
 far is exported to patch.diff and recorded in run.json, and the container is removed. That final stage
 runs with Ctrl-C deferred, and each of its steps is time-bounded, so it always completes in seconds.
@@ -8,6 +12,7 @@ runs with Ctrl-C deferred, and each of its steps is time-bounded, so it always c
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import signal
 import threading
@@ -19,7 +24,8 @@ from datetime import datetime, timezone
 
 from rich.console import Console
 
-from orchestrator.errors import ModelError, SandboxError
+from orchestrator.errors import ModelError, SandboxError, UsageError
+from orchestrator.history import prepare_history, promise
 from orchestrator.patch.check import Refusal, check_patch
 from orchestrator.policy.guard import PolicyGuard
 from orchestrator.policy.model import Policy
@@ -29,15 +35,17 @@ from orchestrator.run.config import RunConfig
 from orchestrator.run.context import DEFAULT_WINDOWS
 from orchestrator.run.record import PatchRecord, RunRecord, Status, VerifyRecord
 from orchestrator.run.setup import SetupFailed, SetupPhase
+from orchestrator.run.startup import Startup
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import FORMAT_VERSION, Trajectory
 from orchestrator.run.verify import verify_patch
 from orchestrator.sandbox.backends import get_backend
-from orchestrator.sandbox.base import Backend
+from orchestrator.sandbox.base import OUT_OF_MEMORY, Backend
 from orchestrator.sandbox.channel import ToolChannel
 from orchestrator.sandbox.driver import Sandbox
-from orchestrator.sandbox.repo_tar import CopyStats
+from orchestrator.sandbox.repo_tar import CopyStats, RepoScan, scan_repo
 from orchestrator.sandbox.spec import OUTPUT_MARKER_ROOM, SandboxSpec
+from orchestrator.sizes import human_size
 from orchestrator.terminal import safe
 
 EXPORT_TIMEOUT_S = 120.0
@@ -84,12 +92,6 @@ def _unrecorded_refusals(messages: list[str]) -> list[Refusal]:
     return [Refusal(path=path, reason="git cannot record this path in a patch", detail=detail) for path, detail in by_path.items()]
 
 
-def _with_cause(error: str, sandbox: Sandbox | None) -> str:
-    """The error, with why the sandbox stopped working when the backend can tell (memory, removed, ...)."""
-    cause = sandbox.box.failure() if sandbox is not None else None
-    return f"{error}: {cause}" if cause and cause not in error else error
-
-
 class Run:
     def __init__(self, config: RunConfig, provider: Provider, console: Console, backend: Backend | None = None) -> None:
         self.config = config
@@ -105,17 +107,22 @@ class Run:
             verify=VerifyRecord(command=config.verify) if config.verify else None, policy=config.policy.to_record(),
         )  # fmt: skip
         self.agent: Agent | None = None
+        self.startup: Startup | None = None
+        self._phase = "starting"  # what the run was doing, for the error that ends it (once its sandbox is ready)
 
     @property
     def context_window(self) -> int:
         return self.config.policy.limits.context_window or DEFAULT_WINDOWS[self.provider.name]
 
     def execute(self, banner: str | None = None) -> RunRecord:
+        scan = self.scan = self._check_before_start()
         out = self.config.out
         out.mkdir(parents=True, exist_ok=True)
         (out / "patch.diff").write_bytes(b"")
+        self.record.snapshot = vars(scan.stats)
         self.record.save(out)
         self.trace.header(self.record, banner)
+        self.trace.hidden(scan.stats.hidden)
         trajectory = Trajectory(out / "trajectory.jsonl")
         trajectory.write(
             "run_start", version=FORMAT_VERSION, run_id=self.config.run_id, provider=self.provider.name, model=self.config.model,
@@ -135,6 +142,19 @@ class Run:
                     trajectory.close()
                 self.trace.summary(self.record)
         return self.record
+
+    def _check_before_start(self) -> RepoScan:
+        """What would make the run fail for certain, said before any output exists (exit 2): an unknown
+        image, a repo that cannot fit the workspace. The walk of the repo is the copy-in's first half."""
+        self.backend.check(self.spec)
+        policy = self.config.policy
+        scan = scan_repo(self.config.repo, exclude=self.config.out, hidden=policy.paths.hidden)
+        if scan.stats.bytes > policy.limits.disk:
+            raise UsageError(
+                f"the repo ({human_size(scan.stats.bytes)} in {scan.stats.files:,} files) does not fit in the sandbox workspace "
+                f"({human_size(policy.limits.disk)}): raise --disk (and --memory, which it counts toward)"
+            )
+        return scan
 
     def _setup_phase(self, trajectory: Trajectory) -> bool:
         """Find or build the environment the agent and verify start from (see orchestrator.run.setup); False if it failed."""
@@ -162,17 +182,18 @@ class Run:
         return self.record.status == "running"
 
     def _agent_phase(self, trajectory: Trajectory, deadline: float) -> None:
-        """The agent's sandbox, from start to removal, with the patch exported on every path."""
-        sandbox: Sandbox | None = None
-        channel: ToolChannel | None = None
+        """The agent's sandbox, made ready in the background while the model is asked for its first step,
+        from start to removal, with the patch exported on every path."""
         try:
-            sandbox = self._start_sandbox()
-            channel = self._prepare(sandbox)
-            self._run_agent(channel, trajectory, deadline)
+            self.startup = self._start_sandbox(trajectory)
+            self._phase = "running the agent's tools"
+            self._run_agent(self.startup, trajectory, deadline)
+            self.startup.channel()  # a run without a tool call still needs its sandbox, for the export
         except BaseException as exc:
-            self._record_failure(exc, sandbox, trajectory)
+            self._record_failure(exc, self.startup.sandbox if self.startup is not None else None, trajectory)
         finally:
             with interrupts_deferred(self.console):
+                sandbox, channel = self._settle_startup()
                 if sandbox is not None:
                     self._finish(sandbox, channel, trajectory)
 
@@ -208,45 +229,80 @@ class Run:
         elif isinstance(exc, ModelError):
             self._fail("model_error", str(exc))
         elif isinstance(exc, SandboxError):
-            self._fail("sandbox_error", _with_cause(str(exc), sandbox))
+            self._fail("sandbox_error", self._with_cause(str(exc), sandbox))
         elif isinstance(exc, Exception):  # a bug of ours: record it rather than lose the run
             trajectory.write("error", error=traceback.format_exc())
             self._fail("sandbox_error", f"internal error: {type(exc).__name__}: {exc}")
         else:
             raise exc  # SystemExit and the like are not ours to record
 
-    def _start_sandbox(self) -> Sandbox:
-        try:
+    def _start_sandbox(self, trajectory: Trajectory) -> Startup:
+        """Begin making the sandbox ready in the background; the agent's first tool call waits for it."""
+        policy = self.config.policy
+        threading.Thread(target=self._remove_stale, name="airlock-tidy", daemon=True).start()
+        self.record.sandbox |= self.backend.prepare(self.spec, self.trace.note)  # e.g. the image sent to a remote engine
+        history = functools.partial(prepare_history, self.config.repo, policy.sandbox.history_depth, policy.paths.hidden)
+        return Startup(self.backend, self.spec, self.scan, history, self.trace, trajectory)
+
+    def _remove_stale(self) -> None:
+        try:  # tidying up after others must never end this run
             for stale in self.backend.remove_stale():
                 self.trace.note(f"removed sandbox {stale} left by an airlock process that is gone")
-        except SandboxError:
-            raise  # the backend cannot be reached at all: say so now
-        except Exception as exc:  # tidying up after others must never end this run
+        except Exception as exc:
             self.trace.note(f"could not remove stale sandboxes: {exc}")
-        self.record.sandbox |= self.backend.prepare(self.spec, self.trace.note)  # e.g. the image sent to a remote engine
-        return Sandbox(self.backend.start(self.spec), self.spec)
 
     def _copy_repo(self, sandbox: Sandbox) -> CopyStats:
         """The repo's working tree into the sandbox, without hidden paths and the run's own output folder, plus
         what the setup phase created in it (when the sandbox starts from an environment)."""
-        stats = sandbox.copy_in(self.config.repo, exclude=self.config.out, hidden=self.config.policy.paths.hidden)
+        stats = sandbox.copy_in(self.scan)
         sandbox.restore_environment_files()
         return stats
 
-    def _prepare(self, sandbox: Sandbox) -> ToolChannel:
-        """Copy the repo in, install the tools, record the baseline, start the tool server."""
-        self.record.snapshot = vars(self._copy_repo(sandbox))
-        sandbox.install_tools()
-        sandbox.record_baseline()
-        return sandbox.start_tool_server()
+    @property
+    def phase(self) -> str:
+        """What the run was doing: the startup's step until the sandbox is ready, then the run's own."""
+        return self.startup.phase if self.startup is not None and not self.startup.ready else self._phase
 
-    def _run_agent(self, channel: ToolChannel, trajectory: Trajectory, deadline: float) -> None:
+    def _settle_startup(self) -> tuple[Sandbox | None, ToolChannel | None]:
+        """The sandbox the startup made (cut short when the run failed or was interrupted), and what it copied in."""
+        startup = self.startup
+        if startup is None:
+            return None, None
+        sandbox, channel = startup.settle(abort=self.record.status in ("interrupted", "sandbox_error"))
+        if startup.stats is not None:
+            self.record.snapshot = vars(startup.stats)
+        if startup.history is not None:
+            self.record.snapshot["history"] = startup.history.record()
+        return sandbox, channel
+
+    def _with_cause(self, error: str, sandbox: Sandbox | None) -> str:
+        """The error, with why the sandbox stopped working when the backend can tell: memory, removed, ..."""
+        cause = sandbox.box.failure() if sandbox is not None else None
+        if not cause or cause in error:
+            return error
+        if cause.startswith(OUT_OF_MEMORY):
+            return f"{cause} while {self.phase}: raise --memory (the workspace of {human_size(self.spec.disk)} counts toward it)"
+        return f"{error}: {cause}"
+
+    def _sandbox_notes(self) -> str:
+        """What the model is told about its sandbox, from what is known before it is ready."""
+        policy = self.config.policy
+        notes = [promise(self.config.repo, policy.sandbox.history_depth)]
+        if self.record.snapshot.get("hidden"):
+            count = len(self.record.snapshot["hidden"])
+            notes.append(
+                f"{count} file{'s' if count != 1 else ''} matching the policy's hidden paths ({', '.join(policy.paths.hidden)}) "
+                "were withheld from this sandbox; a test that needs them may fail for that reason alone."
+            )
+        return "\n".join(f"- {note}" for note in notes)
+
+    def _run_agent(self, startup: Startup, trajectory: Trajectory, deadline: float) -> None:
         limits = self.config.policy.limits
         agent_limits = Limits(
             limits.max_steps, limits.command_timeout, deadline, self.context_window, limits.max_output_chars,
             limits.max_reply_tokens or self.provider.default_reply_tokens, limits.max_repeated_calls,
         )  # fmt: skip
-        self.agent = Agent(self.provider, channel, agent_limits, self.trace, trajectory, self.guard)
+        self.agent = Agent(self.provider, startup, agent_limits, self.trace, trajectory, self.guard, sandbox_notes=self._sandbox_notes())
         self.record.status = self.agent.run(self.config.task)
         if self.record.status == "max_steps":
             self.guard.record("limits.max_steps", f"the run reached max_steps = {limits.max_steps}")
@@ -279,7 +335,11 @@ class Run:
             self.record.error = self.record.error or str(exc)
 
     def _export(self, sandbox: Sandbox) -> None:
-        raw, unrecorded = sandbox.export_patch(timeout=EXPORT_TIMEOUT_S)
+        self._phase = "exporting the patch"
+        try:
+            raw, unrecorded = sandbox.export_patch(timeout=EXPORT_TIMEOUT_S)
+        except SandboxError as exc:
+            raise SandboxError(self._with_cause(str(exc), sandbox)) from None
         checked = check_patch(raw, refuse=self.guard.refuse_change)
         checked.refused += _unrecorded_refusals(unrecorded)
         details = checked.to_record()

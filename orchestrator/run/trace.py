@@ -11,12 +11,14 @@ from rich.text import Text
 
 from orchestrator.conversation import Message
 from orchestrator.run.record import RunRecord
-from orchestrator.sizes import human_size
+from orchestrator.sizes import human_size, plural
 from orchestrator.terminal import safe
 
 PREVIEW_LINES = 4
 PREVIEW_WIDTH = 160
 STATUS_STYLE = {"completed": "bold green", "interrupted": "bold yellow"}
+HIDDEN_EXAMPLES = 3
+VERIFY_LINES = 6
 
 
 def _preview(text: str) -> list[str]:
@@ -51,23 +53,35 @@ class Trace:
             f"disk {human_size(box['disk'])} · pids {box['pids_limit']} · network {box['network']}[/]"
         )
 
+    def hidden(self, paths: list[str]) -> None:
+        """The paths the policy kept out of the sandbox: a missing test fixture is then no mystery."""
+        if paths:
+            shown = ", ".join(paths[:HIDDEN_EXAMPLES]) + (", …" if len(paths) > HIDDEN_EXAMPLES else "")
+            self.console.print(Text(f"hidden by policy: {plural(len(paths), 'path')} not copied into the sandbox, e.g. {shown}", style="yellow"))
+
     def note(self, message: str) -> None:
         self.console.print(safe(message, "dim"))
 
     def policy_event(self, message: str) -> None:
         self.console.print(safe(f"⚠ {message}", "bold yellow"))
 
+    # One print per event, of ready-made Text: each rich print costs a fraction of a millisecond, and a
+    # step's bookkeeping is meant to cost a few milliseconds in all.
     def model_turn(self, step: int, message: Message) -> None:
-        self.console.rule(f"[dim]step {step}[/]", style="dim")
+        title = f"── step {step} "
+        line = Text(title + "─" * max(0, self.console.width - len(title)), style="dim")
         if message.text.strip():
-            self.console.print(safe(message.text.strip(), "italic"))
+            line.append("\n")
+            line.append_text(safe(message.text.strip(), "italic"))
+        self.console.print(line)
 
     def tool_call(self, name: str, args: Any) -> None:
-        self.console.print(f"[bold blue]▶ {safe(name).markup}[/]", safe(_call_summary(name, args)))
+        self.console.print(Text.assemble(safe(f"▶ {name}", "bold blue"), " ", safe(_call_summary(name, args))))
 
     def tool_result(self, output: str, is_error: bool, meta: dict[str, Any]) -> None:
-        for line in _preview(output):
-            self.console.print(safe(f"  │ {line}", "red" if is_error else "dim"))
+        lines = [f"  │ {line}" for line in _preview(output)]
+        if lines:
+            self.console.print(safe("\n".join(lines), "red" if is_error else "dim"))
 
     def summary(self, record: RunRecord) -> None:
         usage, patch = record.usage, record.patch
@@ -75,14 +89,20 @@ class Trace:
             f"tokens in {usage.input_tokens:,} · cache read {usage.cache_read_input_tokens:,} · "
             f"cache write {usage.cache_creation_input_tokens:,} · out {usage.output_tokens:,}"
         )
-        change = f"{patch.files_changed} files changed, +{patch.insertions} -{patch.deletions}"
+        change = f"{plural(patch.files_changed, 'file')} changed, +{patch.insertions} -{patch.deletions}"
         cost = "cost unknown" if record.cost_usd is None else f"${record.cost_usd:.4f}"
         style = STATUS_STYLE.get(record.status, "bold red")
         self.console.print(
-            f"[{style}]■ {record.status}[/] · {record.steps} steps · {record.tool_calls} tool calls · {tokens} · {cost} · {change} · {record.duration_s:.1f} s"
+            f"[{style}]■ {record.status}[/] · {plural(record.steps, 'step')} · {plural(record.tool_calls, 'tool call')} · {tokens} · {cost} · {change} · "
+            f"{record.duration_s:.1f} s"
         )
         if record.verify is not None:
-            verdict = record.verify.skipped or ("passed" if record.verify.passed else f"failed (exit {record.verify.exit_code})")
-            self.console.print(f"verify [bold]{safe(record.verify.command).markup}[/]: {safe(verdict).markup}")
+            verify = record.verify
+            verdict = verify.skipped or ("passed" if verify.passed else f"failed (exit {verify.exit_code})")
+            self.console.print(f"verify [bold]{safe(verify.command).markup}[/]: {safe(verdict).markup}")
+            if not verify.passed and not verify.skipped:  # why it failed: the end of its output (127: command not found, ...)
+                lines = [line for line in verify.output_tail.rstrip().splitlines() if not line.startswith(("[exit code:", "[timed out after"))]
+                if lines:
+                    self.console.print(safe("\n".join(f"  │ {line[:PREVIEW_WIDTH]}" for line in lines[-VERIFY_LINES:]), "red"))
         if record.error:
             self.console.print("[red]error:[/]", safe(record.error))

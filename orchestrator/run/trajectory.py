@@ -9,6 +9,7 @@ the file grows with the conversation rather than with its square.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,18 @@ class Trajectory:
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", encoding="utf-8")
         self._start = time.monotonic()
+        self._lock = threading.Lock()  # the sandbox is made ready on a thread of its own, beside the agent
 
     def write(self, type_: str, **fields: Any) -> None:
-        event = {"type": type_, "t": round(time.monotonic() - self._start, 3), **fields}
-        self._file.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-        self._file.flush()
+        line = json.dumps({"type": type_, "t": round(time.monotonic() - self._start, 3), **fields}, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)
+                self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

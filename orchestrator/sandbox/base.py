@@ -17,6 +17,9 @@ from orchestrator.errors import SandboxError
 from orchestrator.sandbox.spec import Layout, SandboxSpec
 
 ROOT_USER = "0:0"
+# How `Box.failure()` begins when the box was killed for memory, so the runner can say what to raise.
+OUT_OF_MEMORY = "the sandbox ran out of memory"
+
 Log = Callable[[str], None]
 
 
@@ -123,6 +126,9 @@ class Backend(Protocol):
     def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
         """Make sure what a box of `spec` needs is where boxes start (its image, ...), saying what it does
         through `log`; returns what run.json records of it. Raises SandboxError."""
+
+    def check(self, spec: SandboxSpec) -> None:
+        """Before anything is made: UsageError for what makes `start` fail for certain (an unknown image)."""
 
     def start(self, spec: SandboxSpec) -> Box:
         """A running, hardened box made from `spec`; raises SandboxError (nothing is left behind)."""

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,8 +171,7 @@ class ToolChannel:
             except OSError as exc:
                 raise SandboxError(f"lost the connection to the tool server: {exc}") from None
             if chunk is None:
-                detail = self._stream.stderr_tail.decode("utf-8", "replace").strip().splitlines()
-                raise SandboxError("the tool server exited" + (f": {detail[-1]}" if detail else ""))
+                raise SandboxError("the tool server exited" + self._why_ended())
             self._buffer += chunk
         if newline > MAX_REPLY_BYTES:
             raise SandboxError(f"the tool server's reply to {what} exceeded {MAX_REPLY_BYTES} bytes")
@@ -179,5 +179,20 @@ class ToolChannel:
         del self._buffer[: newline + 1]
         return line
 
+    def _why_ended(self) -> str:
+        """How the server's process ended, when that can be told: a signal, or its last words."""
+        code = self._stream.exit_code()
+        detail = self._stream.stderr_tail.decode("utf-8", "replace").strip().splitlines()
+        if code is not None and code > 128 and (name := _signal_name(code - 128)):
+            return f" (killed by {name})" + (f": {detail[-1]}" if detail else "")
+        return f": {detail[-1]}" if detail else (f" with exit code {code}" if code else "")
+
     def close(self) -> None:
         self._stream.close()
+
+
+def _signal_name(number: int) -> str | None:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return None

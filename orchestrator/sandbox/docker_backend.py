@@ -11,11 +11,18 @@ airlock process holds open (an attach made before the start, with StdinOnce). Wh
 however it dies, the engine closes that stdin, the main process exits and the container stops with
 everything in it. So other airlock processes sharing the engine (CI runners, other hosts) only ever
 remove containers that have stopped, or that outlived the deadline their labels carry.
+
+The engine does not end a dead container's attached streams promptly (a send can block for minutes),
+so each box follows its container's events: when it dies (killed for memory, removed by someone
+else), every stream of it is shut at once, and `failure()` says why.
 """
 
 from __future__ import annotations
 
+import difflib
+import threading
 import time
+import weakref
 from collections.abc import Collection
 from typing import Any
 
@@ -24,19 +31,21 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import Log, NameInUse, Stream
+from orchestrator.errors import SandboxError, UsageError
+from orchestrator.sandbox.base import OUT_OF_MEMORY, Log, NameInUse, Stream
 from orchestrator.sandbox.channel import run_command
 from orchestrator.sandbox.docker_client import docker_client, engine_address, parse_time
 from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, remove_outdated_proxy_images, start_proxy
 from orchestrator.sandbox.docker_environments import DockerEnvironments
 from orchestrator.sandbox.engines import ensure_image, local_engine_client
 from orchestrator.sandbox.hijack import pipe_of
-from orchestrator.sandbox.spec import DEADLINE_LABEL, ENV_ROOT, Layout, SandboxSpec, owner_labels, owner_tag, sandbox_labels
+from orchestrator.sandbox.spec import DEADLINE_LABEL, DEFAULT_IMAGE, ENV_ROOT, Layout, SandboxSpec, owner_labels, owner_tag, sandbox_labels
 
 # The container's main process and init: not the agent's uid, so its commands cannot kill, stop or trace them.
 KEEPER_USER = "65534:65534"
 STDERR_TAIL_BYTES = 4096
+PROCESS_POLL_S = 1.0  # how often a waiting stream asks whether its process still runs
+LAST_WORDS_S = 0.2  # once it does not, how long what it wrote last may still take to arrive
 CREATED_GRACE_S = 300.0  # a container another airlock created but has not started yet is not abandoned
 _STDOUT, _STDERR = 1, 2
 _HEADER = 8  # Docker's multiplexed stream: 1 byte stream type, 3 zero bytes, 4 bytes big-endian size
@@ -99,13 +108,17 @@ def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, An
 
 class DockerStream:
     """One attached exec. Docker multiplexes its stdout and stderr over one connection in frames; every
-    read first waits on the connection with the time left, so a box that stops answering cannot block the host."""
+    read first waits on the connection with the time left, so a box that stops answering cannot block the host.
+
+    The engine does not end the stream of a process that died (killed for memory, say): while waiting,
+    the stream asks about once a second whether its process still runs, and ends itself when it does not."""
 
     def __init__(self, api: docker.APIClient, exec_id: str, connection: Any) -> None:
         self._api, self.exec_id = api, exec_id
         self._connection = connection  # keeps docker-py's response (and so the connection) alive
         self._pipe = pipe_of(connection)
         self._buffer = bytearray()
+        self._ended = False  # its process is gone: what is left to read is all there is
         self.stderr_tail = b""
 
     def send(self, data: bytes) -> None:
@@ -130,7 +143,7 @@ class DockerStream:
     def _read_exact(self, size: int, deadline: float | None) -> bytes | None:
         """`size` bytes, or None at a clean end of stream (nothing buffered)."""
         while len(self._buffer) < size:
-            chunk = self._pipe.recv(deadline)
+            chunk = self._recv(deadline)
             if not chunk:
                 if self._buffer:
                     raise OSError("the sandbox's output stream ended in the middle of a frame")
@@ -140,36 +153,90 @@ class DockerStream:
         del self._buffer[:size]
         return data
 
+    def _recv(self, deadline: float | None) -> bytes:
+        """Some bytes; b"" at the end of the stream, or once the process is gone and nothing more arrived."""
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError
+            until = now + (LAST_WORDS_S if self._ended else PROCESS_POLL_S)
+            try:
+                return self._pipe.recv(until if deadline is None else min(until, deadline))
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if self._ended:
+                    return b""
+                self._ended = self._process_gone()
+
+    def _process_gone(self) -> bool:
+        try:
+            return self._api.exec_inspect(self.exec_id).get("Running") is False
+        except docker.errors.NotFound:
+            return True
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False  # the engine is busy or unsure: keep waiting, within the caller's deadline
+
     def exit_code(self) -> int | None:
         try:
             return self._api.exec_inspect(self.exec_id).get("ExitCode")
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return None
 
+    def abort(self) -> None:
+        """End the stream now: a blocked read sees its end, a blocked send fails."""
+        self._pipe.close()
+
     def close(self) -> None:
         self._pipe.close()
 
 
 class DockerBox:
-    """One started container and the attach that keeps it alive."""
+    """One started container, the attach that keeps it alive, and the watch on its events."""
 
     layout = LAYOUT
     has_tools = False  # the driver writes the tool code as root into a root-owned tmpfs
 
-    def __init__(self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any, proxy: Proxy | None = None) -> None:
+    def __init__(
+        self, client: docker.DockerClient, spec: SandboxSpec, container: Container, lifeline: Any, events: Any, proxy: Proxy | None = None
+    ) -> None:  # fmt: skip
         self.client, self.spec, self.container = client, spec, container
         self.id: str = container.id or ""
         self._lifeline = pipe_of(lifeline)
         self.proxy = proxy
+        self._streams: weakref.WeakSet[DockerStream] = weakref.WeakSet()
+        self._died = False
+        self._out_of_memory = False
+        self._events = events
+        threading.Thread(target=self._watch, name=f"airlock-watch-{self.id[:12]}", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Note when the kernel killed a process of the box for memory (the engine says so only in an event
+        while the container lives); shut every stream of the box as soon as its container dies."""
+        for event in self._events:
+            action = (event.get("status") or event.get("Action")) if isinstance(event, dict) else None
+            if action == "oom":
+                self._out_of_memory = True
+            elif action in ("die", "destroy"):
+                self._died = True
+                for stream in list(self._streams):
+                    stream.abort()
+                return
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> Stream:
         api = self.client.api
         try:
+            if self._died:
+                raise OSError("the container is gone")
             exec_id = api.exec_create(self.id, cmd, stdin=stdin, stdout=True, stderr=True, tty=False, user=user)["Id"]
-            return DockerStream(api, exec_id, api.exec_start(exec_id, socket=True))
+            stream = DockerStream(api, exec_id, api.exec_start(exec_id, socket=True))
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
             cause = self.failure()
             raise SandboxError(f"could not run `{cmd[0]}` in the sandbox: {cause or docker_message(exc)}") from None
+        self._streams.add(stream)
+        if self._died:  # it died while the stream was being made
+            stream.abort()
+        return stream
 
     def failure(self) -> str | None:
         try:
@@ -178,8 +245,8 @@ class DockerBox:
             return "the sandbox container was removed by someone else"
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return None
-        if state.get("OOMKilled"):
-            return f"the sandbox ran out of memory (limit {self.spec.memory // 1024**2} MiB): raise --memory (the workspace counts toward it)"
+        if state.get("OOMKilled") or self._out_of_memory:
+            return f"{OUT_OF_MEMORY} (limit {_mib(self.spec.memory)})"
         if state.get("Status") not in (None, "running"):
             return f"the sandbox container stopped ({state.get('Status')}, exit code {state.get('ExitCode')})"
         return None
@@ -194,18 +261,27 @@ class DockerBox:
         return proxy_log(self.client, self.proxy) if self.proxy is not None else ""
 
     def remove(self) -> None:
-        remove_run(self.client, self.spec.run_id, also=self.container)
-        self._lifeline.close()
-        if self.proxy is not None:
-            pipe_of(self.proxy.lifeline).close()
+        self._died = True  # from here on, its end is ours
+        try:
+            remove_run(self.client, self.spec.run_id, also=self.container)
+        finally:
+            closables = [self._events, self._lifeline, *([pipe_of(self.proxy.lifeline)] if self.proxy is not None else [])]
+            for closable in closables:
+                try:
+                    closable.close()
+                except OSError:
+                    pass
+
+
+def _mib(size: int) -> str:
+    return f"{size // 1024**2} MiB"
 
 
 def remove_run(client: docker.DockerClient, run_id: str, also: Container | None = None) -> None:
     """Remove a run's containers (sandbox, egress proxy) and its setup network, found by the run label too
     (a create cut short by Ctrl-C may have no handle)."""
     try:
-        found = client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}, ignore_removed=True)
-        for container in {c.id: c for c in [*found, *([also] if also else [])]}.values():
+        for container in client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}, ignore_removed=True):
             _remove_container(container)
         remove_networks(client, [f"airlock.run-id={run_id}"])
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -234,17 +310,45 @@ class DockerBackend:
                 source.close()
         return {"engine": self.engine, "image_id": image_id}
 
+    def check(self, spec: SandboxSpec) -> None:
+        source = local_engine_client(self.engine)  # a remote engine is sent this machine's image (see prepare)
+        try:
+            self._check_runtime(spec)
+            for client in (self.client, *([source] if source is not None else [])):
+                try:
+                    client.images.get(spec.image)
+                    return
+                except docker.errors.ImageNotFound:
+                    continue
+            raise UsageError(missing_image(spec.image, self._image_names()))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxError(f"could not look up the sandbox image {spec.image!r}: {docker_message(exc)}") from None
+        finally:
+            if source is not None:
+                source.close()
+
+    def _check_runtime(self, spec: SandboxSpec) -> None:
+        if spec.runtime != "runc" and spec.runtime not in self.client.info().get("Runtimes", {}):
+            raise SandboxError(f"the container runtime {spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
+
+    def _image_names(self) -> list[str]:
+        try:
+            return [tag for image in self.client.images.list() for tag in image.tags]
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return []
+
     def start(self, spec: SandboxSpec) -> DockerBox:
         client = self.client
-        if spec.runtime != "runc" and spec.runtime not in client.info().get("Runtimes", {}):
-            raise SandboxError(f"the container runtime {spec.runtime!r} is not registered with the Docker daemon (see `airlock doctor`)")
-        if spec.name and client.containers.list(all=True, filters={"name": f"^/{spec.name}$"}):
-            raise NameInUse(f"a sandbox named {spec.name} exists")  # checked before making a proxy; the create is the atomic check
         proxy = None
         try:
+            self._check_runtime(spec)
+            if spec.name and client.containers.list(all=True, filters={"name": f"^/{spec.name}$"}):
+                raise NameInUse(f"a sandbox named {spec.name} exists")  # checked before making a proxy; the create is the atomic check
             if spec.egress is not None:
                 proxy = start_proxy(client, f"airlock-setup-{spec.run_id}", spec.egress, owner_labels(spec))
             container = client.containers.create(**create_kwargs(spec, proxy))  # stdin_open: StdinOnce too
+            # Watched from before its start, so not even an immediate death goes unseen.
+            events = client.events(filters={"container": container.id, "event": ["oom", "die", "destroy"]}, decode=True)
             # Attached before the start, so the main process's stdin is ours from its first moment.
             lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
             container.start()
@@ -253,13 +357,13 @@ class DockerBackend:
             raise
         except docker.errors.ImageNotFound:
             remove_run(client, spec.run_id)
-            raise SandboxError(f"sandbox image {spec.image!r} not found; build it with `airlock image build`") from None
+            raise SandboxError(missing_image(spec.image, self._image_names())) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             remove_run(client, spec.run_id)
             if isinstance(exc, docker.errors.APIError) and exc.status_code == 409 and spec.name and spec.name in str(exc):
                 raise NameInUse(f"a sandbox named {spec.name} is running") from None
             raise SandboxError(f"could not start the sandbox: {docker_message(exc)}") from None
-        return DockerBox(client, spec, container, lifeline, proxy)
+        return DockerBox(client, spec, container, lifeline, events, proxy)
 
     def remove_stale(self, *, everything: bool = False, runs: Collection[str] = ()) -> list[str]:
         removed = []
@@ -307,6 +411,16 @@ def _remove_container(container: Container) -> bool:
             return False
         raise
     return True
+
+
+def missing_image(image: str, known: list[str]) -> str:
+    """Not found, with the close name the user probably meant, or how to make the default one."""
+    close = difflib.get_close_matches(image, known, n=1, cutoff=0.75)
+    if close:
+        return f"sandbox image {image!r} not found: did you mean {close[0]}?"
+    if image == DEFAULT_IMAGE:
+        return f"sandbox image {image!r} not found; build it with `airlock image build`"
+    return f"sandbox image {image!r} not found on this Docker engine (build or load it, or leave --image out for {DEFAULT_IMAGE})"
 
 
 def docker_message(exc: BaseException) -> str:

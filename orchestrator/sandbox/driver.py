@@ -2,29 +2,35 @@
 tool server, and export the change at the end. Written once, against the backend seam.
 
 The repo and the tool code arrive as tar streams on an attached process's stdin (nothing from the host
-is mounted), and the patch leaves as the stdout of `baseline.py export`.
+is mounted), and the patch leaves as the stdout of `baseline.py export`. `start` does the first four in
+two processes: the tools (as root), then one that unpacks the repo, records the baseline and becomes the
+tool server, fed while the host is still reading the repo.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shlex
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import tools
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import ROOT_USER, Box
+from orchestrator.sandbox.base import ROOT_USER, Box, Stream
 from orchestrator.sandbox.channel import ExecResult, Feed, ToolChannel, run_command
 from orchestrator.sandbox.env_archive import PackStats, StreamFile, copy_checked, in_repo
-from orchestrator.sandbox.repo_tar import CopyStats, write_tar
+from orchestrator.sandbox.repo_tar import CopyStats, Extra, Progress, RepoScan, write_tar
 from orchestrator.sandbox.spec import ENV_EXCLUDE, ENV_ROOT, ENV_WORKSPACE, SandboxSpec
 
 # -S: no site-packages, so a virtualenv first on PATH (a setup phase's) cannot load code into airlock's tools.
 PYTHON = ["python3", "-E", "-s", "-S", "-B"]
 DOES_NOT_APPLY = "baseline apply: the patch does not apply: "  # baseline.py's words for a patch at fault
+# Unpacking a big repo and recording its baseline can take minutes on a slow disk or a busy machine.
+PREPARE_TIMEOUT_S = 600.0
+UNTAR = ["tar", "-x", "--no-same-owner", "-f", "-", "-C", "/"]  # member names carry their absolute folder
 
 
 def tools_tar() -> bytes:
@@ -58,21 +64,10 @@ class Sandbox:
             raise SandboxError(f"`{what}` failed in the sandbox" + (f": {detail[-1]}" if detail else ""))
         return result
 
-    def copy_in(self, repo: Path, *, exclude: Path | None = None, hidden: Sequence[str] = ()) -> CopyStats:
-        """Stream the repo's working tree into the workspace, without `hidden` paths or `exclude` (the run's output folder)."""
+    def copy_in(self, scan: RepoScan, *, extra: Extra | None = None, progress: Progress | None = None) -> CopyStats:
+        """Stream the scanned working tree into the workspace (and `extra` where it says), nothing else."""
         stats: list[CopyStats] = []
-        try:
-            self.exec(
-                ["tar", "-x", "--no-same-owner", "-f", "-", "-C", self.layout.workspace],
-                feed_stdin=lambda send: stats.append(write_tar(repo, send, exclude=exclude, hidden=hidden)),
-            )
-        except SandboxError as exc:
-            if stats and stats[0].bytes >= self.spec.disk * 0.9:
-                raise SandboxError(
-                    f"the repo ({stats[0].bytes / 1024**2:.0f} MiB) does not fit in the sandbox workspace "
-                    f"({self.spec.disk / 1024**2:.0f} MiB): raise --disk (and --memory, which it counts toward)"
-                ) from exc
-            raise
+        self.exec(UNTAR, feed_stdin=lambda send: stats.append(self._repo_tar(scan, send, extra, progress)), timeout=PREPARE_TIMEOUT_S)
         return stats[0]
 
     def install_tools(self) -> None:
@@ -81,17 +76,14 @@ class Sandbox:
         archive = tools_tar()
         self.exec(["tar", "-x", "--no-same-owner", "-f", "-", "-C", self.layout.tools_parent], user=ROOT_USER, feed_stdin=lambda send: send(archive))
 
-    def _baseline(self, command: str, git_dir: str | None = None) -> list[str]:
-        layout = self.layout
-        cmd = [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", git_dir or layout.baseline_git_dir]
-        return cmd + (["--exclude-from", ENV_EXCLUDE] if self.spec.environment else [])
-
     def restore_environment_files(self) -> None:
         """Copy what the setup phase created in the repo (node_modules, egg-info, ...) from the environment
         image back into the workspace; the baseline leaves those files out, so no patch carries them."""
         if self.spec.environment:
-            copy = f"if [ -d {ENV_WORKSPACE} ]; then cp -a --no-preserve=ownership {ENV_WORKSPACE}/. {self.layout.workspace}/; fi"
-            self.exec(["sh", "-c", copy])
+            self.exec(["sh", "-c", self._restore_environment()])
+
+    def _restore_environment(self) -> str:
+        return f"if [ -d {ENV_WORKSPACE} ]; then cp -a --no-preserve=ownership {ENV_WORKSPACE}/. {self.layout.workspace}/; fi"
 
     def _environment_tool(self, command: str) -> list[str]:
         layout = self.layout
@@ -137,9 +129,59 @@ class Sandbox:
             stream.close()
         return stats
 
-    def record_baseline(self) -> None:
-        self.exec(self._baseline("init"))
+    def record_baseline(self, objects_from: str | None = None) -> None:
+        self.exec(self._baseline("init", objects_from=objects_from))
         self.ready = True
+
+    def start_tool_server(self) -> ToolChannel:
+        return ToolChannel(self.box.attach(self._server(), user=self.spec.user, stdin=True))
+
+    def start(
+        self, scan: RepoScan, *, extra: Extra | None = None, objects_from: str | None = None, progress: Progress | None = None,
+        sent: Callable[[CopyStats], None] | None = None,
+    ) -> tuple[CopyStats, ToolChannel]:  # fmt: skip
+        """install_tools, then copy_in, record_baseline and start_tool_server as one process: the shell
+        unpacks the repo, gives a shipped `.git` its index, records the baseline and becomes the server.
+        `sent` is told once the whole archive is on its way."""
+        self.install_tools()
+        workspace, git_dir = self.layout.workspace, f"{self.layout.workspace}/.git"
+        steps = [shlex.join(UNTAR), *([self._restore_environment()] if self.spec.environment else [])]
+        if extra and f"{git_dir}/HEAD" in extra:
+            steps.append(shlex.join(["git", f"--git-dir={git_dir}", f"--work-tree={workspace}", "read-tree", "HEAD"]))
+        steps += [shlex.join(self._baseline("init", objects_from=objects_from)) + " >&2", "exec " + shlex.join(self._server())]
+        stream = self.box.attach(["sh", "-c", " && ".join(steps)], user=self.spec.user, stdin=True)
+        try:
+            stats = self._repo_tar(scan, stream.send, extra, progress)
+        except OSError as exc:  # the process ended early (no room, killed): its own words say more than ours
+            raise SandboxError(f"could not copy the repo in: {_last_words(stream) or exc}") from None
+        if sent is not None:
+            sent(stats)
+        try:
+            channel = ToolChannel(stream, start_timeout=PREPARE_TIMEOUT_S)
+        except SandboxError:
+            # The server refused to go on (or never started): the baseline exists if baseline.py said so
+            # ({"files": N}, sent to stderr above), and then the patch can still be exported.
+            self.ready = b'{"files":' in stream.stderr_tail
+            raise
+        self.ready = True
+        return stats, channel
+
+    def _repo_tar(self, scan: RepoScan, send: Callable[[bytes], None], extra: Extra | None, progress: Progress | None) -> CopyStats:
+        return write_tar(scan, send, into=self.layout.workspace, extra=extra, progress=progress)
+
+    def _baseline(self, command: str, git_dir: str | None = None, objects_from: str | None = None) -> list[str]:
+        layout = self.layout
+        cmd = [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", git_dir or layout.baseline_git_dir]
+        cmd += ["--exclude-from", ENV_EXCLUDE] if self.spec.environment else []
+        return cmd + (["--objects-from", objects_from] if objects_from else [])
+
+    def _server(self) -> list[str]:
+        return [
+            *PYTHON, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
+            "--max-output-bytes", str(self.spec.max_output_bytes),
+            "--command-timeout", str(self.spec.command_timeout),
+            *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []),
+        ]  # fmt: skip
 
     def export_patch(self, timeout: float = 120.0) -> tuple[bytes, list[str]]:
         """The change since the baseline as a binary git diff (untrusted bytes), and the paths git could not record.
@@ -165,15 +207,18 @@ class Sandbox:
             raise SandboxError(f"could not apply the patch in the sandbox: {detail or f'exit code {result.exit_code}'}")
         return detail.removeprefix(DOES_NOT_APPLY)
 
-    def start_tool_server(self) -> ToolChannel:
-        cmd = [
-            *PYTHON, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
-            "--max-output-bytes", str(self.spec.max_output_bytes),
-            "--command-timeout", str(self.spec.command_timeout),
-            *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []),
-        ]  # fmt: skip
-        return ToolChannel(self.box.attach(cmd, user=self.spec.user, stdin=True))
-
     def remove(self) -> None:
         self.ready = False
         self.box.remove()
+
+
+def _last_words(stream: Stream, within: float = 5.0) -> str:
+    """The last line the process wrote on stderr, once it has ended (bounded)."""
+    deadline = time.monotonic() + within
+    try:
+        while stream.next_stdout(deadline) is not None:
+            pass
+    except (OSError, TimeoutError):
+        pass
+    lines = stream.stderr_tail.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else ""

@@ -75,6 +75,11 @@ class Layout:
     def apply_git_dir(self) -> str:
         return f"{self.state}/apply.git"
 
+    @property
+    def history_objects(self) -> str:
+        """The repo's history as shipped (one pack), borrowed by the repo's `.git` and the baseline alike."""
+        return f"{self.state}/history"
+
 
 @dataclass(frozen=True)
 class SandboxSpec:

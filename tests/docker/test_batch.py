@@ -151,6 +151,15 @@ def test_batch_runs_in_parallel_resumes_without_the_model_and_redoes(tmp_path: P
     assert [(r["status"], r["cost_usd"], r["steps"]) for r in resumed["tasks"]] == [(r["status"], r["cost_usd"], r["steps"]) for r in data["tasks"]]
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
 
+    # A task whose definition changed runs again on resume, and the log says why; the others stay as they were.
+    edited = [{**entry, "verify": "true"} if entry["id"] == "bad-fix" else entry for entry in entries]
+    write_jsonl(tmp_path / "tasks.jsonl", edited)
+    with ScriptedModelServer({"[bad-fix]": [reply(text("Still nothing."))]}) as edit_api:
+        rerun = batch(tasks, "--out", out, "--jobs", "3", base_url=edit_api.base_url)
+    assert len(edit_api.requests) == 1, rerun.stdout
+    assert "bad-fix runs again: its definition changed since its earlier run (verify)" in rerun.stdout
+    assert record(out, "bad-fix")["status"] == "completed" and "fix-1 skipped: finished earlier (completed)" in rerun.stdout
+
     # --redo runs a finished task again; its earlier run is kept aside, not deleted.
     only_one = write_jsonl(tmp_path / "one.jsonl", entries[:1])
     with ScriptedModelServer({"[fix-1]": [reply(FIX), reply(text("Fixed again."))]}) as redo_api:

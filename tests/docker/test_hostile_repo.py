@@ -180,10 +180,12 @@ def test_hostile_repo_runs_nothing_on_the_host(run_scripted, tmp_path: Path) -> 
     record = result.record
     assert record["status"] == "completed" and record["patch"]["refused"] == []
     assert (record["patch"]["files_changed"], record["patch"]["insertions"], record["patch"]["deletions"]) == (2, 3, 1)
-    # Git in the sandbox did honour the repo's config (the traps are live there, and contained).
+    # The repo's .git (its config, hooks and traps) never entered the sandbox: git there works on the
+    # history airlock rebuilt, and sets nothing off either.
     [call] = [c for c in result.events("tool_call") if c["name"] == "run_bash"]
-    fired_inside = call["output"].split("FIRED:", 1)[1]
-    assert "fsmonitor" in fired_inside, call["output"]
+    shown, fired_inside = call["output"].split("FIRED:", 1)
+    assert "start" in shown and "modified:   hello.txt" in shown, call["output"]
+    assert "No such file or directory" in fired_inside, call["output"]
     # Nothing ran on the host, and the host repo is untouched, .git included.
     assert repo.fired() == []
     assert tree_state(repo.root) == before

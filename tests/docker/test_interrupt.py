@@ -142,7 +142,7 @@ def assert_interrupted_cleanly(live: LiveRun, docker_client: docker.DockerClient
     assert crashes(output) == [] and "internal error" not in output, output
     assert code == 130 and "Traceback" not in output, (code, output)
     if not late_presses:
-        assert re.search(r"^■ interrupted · 1 steps · 2 tool calls .* 1 files changed, \+1 -0", output, flags=re.M), output
+        assert re.search(r"^■ interrupted · 1 step · 2 tool calls .* 1 file changed, \+1 -0", output, flags=re.M), output
         assert "outputs: " in output
     assert elapsed < 15, elapsed
     record = live.record()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT
+from helpers import PROJECT, airlock, airlock_env
 
 from orchestrator.errors import SandboxError
 from orchestrator.providers.scripted import reply, text, tool_use
@@ -144,3 +144,15 @@ def test_command_rules_cover_the_usual_spellings_and_the_sandbox_is_the_boundary
         assert call["is_error"] and "refused by policy [commands] deny rule" in call["output"] and call["meta"] == {}, call
     # The rules are a guard-rail: python3 is allowed, so this passes them; the sandbox has no network.
     assert not passed["is_error"] and "Network is unreachable" in passed["output"]
+
+
+def test_a_mistyped_image_is_refused_with_the_name_meant(calculator_repo: Path, tmp_path: Path) -> None:
+    """A typo is bad input (exit 2), said before anything starts: no output folder for a run that never ran."""
+    env = airlock_env("http://127.0.0.1:9")
+    typo = airlock("run", str(calculator_repo), "--task", "x", "--image", "airlock-sandbx:latest", "--out", str(tmp_path / "typo"), env=env)
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == "airlock: error: sandbox image 'airlock-sandbx:latest' not found: did you mean airlock-sandbox:latest?"
+    assert not (tmp_path / "typo").exists()
+    unknown = airlock("run", str(calculator_repo), "--task", "x", "--image", "no-such/image:9", "--out", str(tmp_path / "unknown"), env=env)
+    assert unknown.returncode == 2 and "sandbox image 'no-such/image:9' not found on this Docker engine" in unknown.stderr
+    assert not (tmp_path / "unknown").exists()

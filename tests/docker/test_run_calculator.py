@@ -65,7 +65,10 @@ def test_calculator_exercise_produces_a_patch_that_fixes_it(run_scripted, calcul
     else:
         assert set(api.paths) == {"/v1/chat/completions"}
         assert {tool["function"]["name"] for tool in api.requests[0]["tools"]} == TOOL_NAMES
-        assert api.requests[0]["messages"][:2] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Do the task."}]
+        system, task = api.requests[0]["messages"][:2]
+        assert task == {"role": "user", "content": "Do the task."} and system["role"] == "system"
+        # The model is told what its sandbox holds: this repo is a plain folder, so there is no history.
+        assert system["content"].startswith(SYSTEM_PROMPT + "\n\nAbout this sandbox:\n- There is no .git: the repository's git history is not available")
         assert api.requests[0]["model"] == "scripted"
         # Each call's result is a `tool` message paired by id with the assistant's call.
         last = api.requests[-1]["messages"]

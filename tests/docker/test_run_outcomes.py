@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT, airlock_env
 
-from orchestrator.providers.scripted import ApiError, reply, text, tool_use
+from orchestrator.providers.scripted import ApiError, ScriptedModelServer, reply, text, tool_use
 
 FIX = tool_use("edit_file", path="calculator.py", old_str="return a + b\n\n\ndef subtract", new_str="return a + b  # checked\n\n\ndef subtract")
 
@@ -66,6 +70,9 @@ def test_verify_failure_is_recorded(run_scripted, calculator_repo: Path) -> None
     verify = result.record["verify"]
     assert result.record["status"] == "verify_failed"
     assert verify["passed"] is False and verify["exit_code"] == 1 and "3 failed" in verify["output_tail"]
+    # The terminal says why, not only that it failed: the last lines of its output.
+    verdict = result.stdout[result.stdout.index("verify python3 -m pytest") :]
+    assert "failed (exit 1)" in verdict and "3 failed" in verdict
 
 
 def test_bad_tool_calls_come_back_as_errors_the_model_can_fix(run_scripted, calculator_repo: Path) -> None:
@@ -136,12 +143,60 @@ def _without_cache_marks(messages: list[dict]) -> list[dict]:
     return [{**m, "content": [{k: v for k, v in block.items() if k != "cache_control"} for block in m["content"]]} for m in messages]
 
 
-def test_a_repo_larger_than_the_workspace_is_a_clear_sandbox_error(run_scripted, calculator_repo: Path) -> None:
+def test_a_repo_larger_than_the_workspace_is_refused_before_anything_starts(run_scripted, calculator_repo: Path) -> None:
     (calculator_repo / "big.bin").write_bytes(b"\0" * (40 * 1024**2))
     result, api = run_scripted(calculator_repo, [reply(text("never asked"))], "--disk", "32m")
-    assert result.exit_code == 3
-    assert "does not fit in the sandbox workspace" in result.record["error"] and "--disk" in result.record["error"]
-    assert api.requests == []
+    assert result.exit_code == 2
+    assert "does not fit in the sandbox workspace (32 MiB): raise --disk" in result.stderr
+    assert api.requests == [] and not result.out.exists()
+
+
+def test_a_sandbox_killed_for_memory_says_so_at_once(run_scripted, calculator_repo: Path) -> None:
+    """A command fills /tmp (a tmpfs) up to the memory limit: it is killed, as it should be, and the run
+    goes on. Then the tool server needs memory there is none of: the kernel kills it too. The engine
+    never ends the stream of a killed process, so the run has to find that out, and say why, at once."""
+    fill = tool_use("run_bash", command="head -c 400m /dev/zero > /tmp/fill; echo survived")
+    big_write = tool_use("write_file", path="big.txt", content="x" * (24 * 1024**2))
+    started = time.monotonic()
+    result, _ = run_scripted(calculator_repo, [reply(FIX), reply(fill), reply(big_write), reply(text("never reached"))], "--memory", "320m", "--disk", "64m")
+    assert time.monotonic() - started < 120  # not the minutes of a read that nobody ends
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert result.events("tool_call")[1]["meta"]["exit_code"] == -9  # the command was the first to go
+    assert result.record["status"] == "sandbox_error"
+    expected = "the sandbox ran out of memory (limit 320 MiB) while running the agent's tools: raise --memory (the workspace of 64 MiB counts toward it)"
+    assert result.record["error"] == expected
+    assert expected in result.stdout
+    assert b"# checked" in result.patch or not result.record["patch"]["exported"]
+
+
+def test_a_tool_server_killed_by_a_signal_says_so(run_scripted, calculator_repo: Path) -> None:
+    """The engine keeps a dead process's stream open: the run notices within a second, and names the signal."""
+    started = time.monotonic()
+    result, _ = run_scripted(calculator_repo, [reply(FIX), reply(tool_use("run_bash", command="kill -9 $PPID")), reply(text("never reached"))])
+    assert time.monotonic() - started < 90
+    assert result.exit_code == 3 and result.record["status"] == "sandbox_error"
+    assert result.record["error"].startswith("the tool server exited (killed by SIGKILL)"), result.record["error"]
+    assert b"# checked" in result.patch  # the work before it is kept
+
+
+def test_a_closed_stdout_does_not_stop_the_run(calculator_repo: Path, tmp_path: Path) -> None:
+    """`airlock run ... | head -1`: the reader goes away; the run goes on, exports its patch and ends as it would."""
+    out = tmp_path / "out"
+    turns = [reply(FIX), *[reply(tool_use("run_bash", command=f"seq 1 {n}")) for n in range(5)], reply(text("done"))]
+    with ScriptedModelServer(turns) as api:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", str(calculator_repo), "--task", "t", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=airlock_env(api.base_url), cwd=PROJECT,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # as `head -1` does
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "completed" and record["steps"] == 7 and record["patch"]["exported"] is True
+    assert b"# checked" in (out / "patch.diff").read_bytes()
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
 
 
 def test_cache_tokens_reported_by_the_api_are_summed_into_run_json_and_the_cost(run_scripted, calculator_repo: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ watch processes from outside. (Real sandboxes mount nothing; this container exis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -621,6 +622,23 @@ def test_the_commands_cannot_reach_the_servers_pipes_or_memory(server: Server) -
     assert ok(server.call("ping")) == "pong"
 
 
+def test_run_bash_is_woken_by_the_exit_itself_never_by_a_poll_interval(in_image: Callable[..., list[str]], root: Path) -> None:
+    """A trivial command often closes its output a moment before its exit is visible. With the poll
+    interval made a minute long, twenty such commands still return at once: the exit wakes the server."""
+    script = (
+        f"import sys, time\nsys.path.insert(0, {str(TOOLS)!r})\nimport shell\n"
+        "shell._POLL_SECONDS = 60.0\n"
+        "started = time.monotonic()\n"
+        f"codes = [shell.run(['/bin/true'], {str(root)!r}, 120, 1000).exit_code for _ in range(20)]\n"
+        "print(codes.count(0), round(time.monotonic() - started, 1))\n"
+    )
+    done = subprocess.run(in_image(*PYTHON, "-c", script), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    succeeded, seconds = done.stdout.split()
+    assert succeeded == "20"
+    assert float(seconds) < 50  # one missed wake-up alone would cost 60 s
+
+
 def test_run_bash_keeps_the_head_and_tail_of_a_flood(server: Server) -> None:
     reply = server.call("run_bash", command="seq 1 200000")
     full = "".join(f"{n}\n" for n in range(1, 200001)).encode()
@@ -655,8 +673,8 @@ def test_run_bash_that_cannot_start_is_an_error(server: Server, root: Path) -> N
 def baseline(in_image: Callable[..., list[str]]) -> Callable[..., subprocess.CompletedProcess]:
     """baseline.py in the image: baseline(command, root, git_dir, env=None)."""
 
-    def run(command: str, root: Path, git_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        argv = in_image(*PYTHON, str(TOOLS / "baseline.py"), command, "--root", str(root), "--git-dir", str(git_dir), env=env)
+    def run(command: str, root: Path, git_dir: Path, env: dict[str, str] | None = None, *extra: str) -> subprocess.CompletedProcess:
+        argv = in_image(*PYTHON, str(TOOLS / "baseline.py"), command, "--root", str(root), "--git-dir", str(git_dir), *extra, env=env)
         return subprocess.run(argv, capture_output=True, timeout=60)
 
     return run
@@ -665,6 +683,10 @@ def baseline(in_image: Callable[..., list[str]]) -> Callable[..., subprocess.Com
 def git(*args: str, cwd: Path, stdin: bytes | None = None) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
     subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, check=True, capture_output=True, timeout=60)
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def apply_patch(patch: bytes, tree: Path, tmp_path: Path) -> None:
@@ -813,6 +835,29 @@ def test_baseline_of_an_empty_tree_and_an_unchanged_tree(tmp_path: Path, baselin
     assert export.returncode == 0
     apply_patch(export.stdout, copy, tmp_path)
     assert snapshot(copy) == {"first.txt": ("file", b"first\n", False)}
+
+
+def test_baseline_borrows_the_objects_the_history_already_holds(tmp_path: Path, baseline: Callable[..., subprocess.CompletedProcess]) -> None:
+    """The shipped history holds the committed files: the baseline only hashes those, and stores the rest."""
+    tree, copy, git_dir, history = tmp_path / "tree", tmp_path / "copy", tmp_path / "baseline.git", tmp_path / "history.git"
+    tree.mkdir()
+    committed, local = b"".join(b"committed line %d\n" % n for n in range(500)), b"an uncommitted file\n"
+    (tree / "committed.txt").write_bytes(committed)
+    (tree / "local.txt").write_bytes(local)
+    shutil.copytree(tree, copy)
+    git("init", "--quiet", "--bare", str(history), cwd=tmp_path)
+    git(f"--git-dir={history}", "hash-object", "-w", str(tree / "committed.txt"), cwd=tmp_path)
+
+    init = baseline("init", tree, git_dir, None, "--objects-from", str(history / "objects"))
+    assert init.returncode == 0, init.stderr
+    loose = {path.parent.name + path.name for path in (git_dir / "objects").glob("??/*")}
+    assert blob_id(committed) not in loose and blob_id(local) in loose  # borrowed, not stored twice
+    (tree / "committed.txt").write_bytes(committed.replace(b"line 7\n", b"line seven\n"))
+    export = baseline("export", tree, git_dir)
+    assert export.returncode == 0, export.stderr
+    assert b"-committed line 7\n+committed line seven\n" in export.stdout  # the old side read from the history's objects
+    apply_patch(export.stdout, copy, tmp_path)
+    assert snapshot(copy) == snapshot(tree)
 
 
 def test_baseline_failures_exit_non_zero_with_a_message(tmp_path: Path, baseline: Callable[..., subprocess.CompletedProcess]) -> None:

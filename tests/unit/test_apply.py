@@ -200,6 +200,19 @@ def test_missing_inputs(tmp_path: Path) -> None:
         apply_patch(tmp_path / "p.patch", tmp_path / "no-repo")
 
 
+def test_a_run_folder_is_applied_through_its_patch(sc: Scenario, tmp_path: Path) -> None:
+    """`airlock apply runs/x`: the folder a run wrote, as the user has it at hand."""
+    sc.baseline({"a.txt": "a\n"})
+    write(sc.work, "a.txt", "A\n")
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    shutil.copy(sc.patch(), run / "patch.diff")
+    assert apply_patch(run, sc.target).message == "applied 1 file (+1 -1)"
+    assert (sc.target / "a.txt").read_text() == "A\n"
+    with pytest.raises(UsageError, match=r"is a folder without a patch.diff: give a patch file, or a run's folder"):
+        apply_patch(tmp_path / "runs", sc.target)
+
+
 def test_patch_that_does_not_apply_leaves_repo_byte_identical(sc: Scenario) -> None:
     sc.baseline({"a.txt": "a\n", "b.txt": "b\n"})
     write(sc.work, "a.txt", "A\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import re
 import subprocess
 import sys
@@ -93,8 +94,11 @@ class HostileBox(LocalBox):
     stand_in: list[str] = []
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> LocalStream:
-        is_server = any(arg.endswith("/server.py") for arg in cmd)
-        return super().attach(self.stand_in if is_server else cmd, user=user, stdin=stdin)
+        if cmd[:2] == ["sh", "-c"] and "/server.py" in cmd[2]:  # copy-in and baseline, then `exec` the server
+            cmd = [*cmd[:2], cmd[2][: cmd[2].rindex("exec ")] + "exec " + shlex.join(self.stand_in)]
+        elif any(arg.endswith("/server.py") for arg in cmd):
+            cmd = self.stand_in
+        return super().attach(cmd, user=user, stdin=stdin)
 
 
 class HostileBackend(LocalBackend):

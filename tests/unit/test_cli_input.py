@@ -68,6 +68,20 @@ def test_unreachable_docker_is_a_clear_exit_3(calculator_repo: Path, tmp_path: P
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--git-history", "0"], "--git-history must be full, recent, none or a number of commits (1 or more), not 0"),
+        (["--git-history", "some"], "--git-history must be full, recent, none or a number of commits (1 or more), not 'some'"),
+        (["--memory", "1g", "--disk", "2g"], "the workspace (disk 2 GiB) counts toward the memory limit (memory 1 GiB) and must leave 256 MiB"),
+    ],
+)
+def test_bad_sandbox_options_are_refused_before_anything_starts(calculator_repo: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    proc = airlock("run", str(calculator_repo), "--task", "x", "--out", str(tmp_path / "out"), *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_cost_budget_for_a_model_without_a_price_is_refused_up_front(calculator_repo: Path, tmp_path: Path) -> None:
     policy = write_policy(tmp_path, "[budget]\nmax_cost_usd = 1.0\n")
     proc = airlock("run", str(calculator_repo), "--task", "x", "--model", "unpriced-model", "--policy", str(policy), "--out", str(tmp_path / "o"))
@@ -91,6 +105,19 @@ def test_malformed_policy_is_rejected_with_its_line(calculator_repo: Path, tmp_p
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     check = airlock("policy", "check", str(policy))
     assert check.returncode == 2 and message in check.stderr
+
+
+def test_policy_check_lists_every_problem_in_file_order(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, '[limits]\ncpus = "two"\nmemorry = "4g"\n\n[sandbox]\ngit_history = 0\nuser = "0:0"\n')
+    check = airlock("policy", "check", str(policy))
+    assert check.returncode == 2
+    assert check.stderr.splitlines() == [
+        f"{policy}:2: [limits] cpus: must be a number, not 'two'",
+        f"{policy}:3: [limits] memorry: unknown key (did you mean 'memory'?)",
+        f"{policy}:6: [sandbox] git_history: must be full, recent, none or a number of commits (1 or more), not 0",
+        f"{policy}:7: [sandbox] user: '0:0' is root: the sandbox never runs as root, choose a non-zero uid",
+        f"airlock: error: 4 problems in {policy}",
+    ]
 
 
 def test_shipped_policies_check_and_show() -> None:
@@ -169,3 +196,14 @@ def test_an_ssh_engine_without_paramiko_says_how_to_install_it(calculator_repo: 
     env = airlock_env("http://127.0.0.1:9", DOCKER_HOST="ssh://builder-2")
     proc = subprocess.run([sys.executable, "-c", hide, "gc"], capture_output=True, text=True, env=env, cwd=PROJECT, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "airlock: error: ssh://builder-2: ssh:// engines need paramiko: pip install 'airlock[ssh]'"
+
+
+def test_help_is_laid_out_for_a_log_when_stdout_is_not_a_terminal() -> None:
+    """Captured (a CI log) and without COLUMNS: wide, nothing cut short with an ellipsis; COLUMNS is still obeyed."""
+    env = {key: value for key, value in airlock_env().items() if key not in ("COLUMNS", "TERMINAL_WIDTH")}
+    for command in (["--help"], ["run", "--help"], ["batch", "--help"], ["replay", "--help"], ["review", "--help"]):
+        shown = airlock(*command, env=env)
+        assert shown.returncode == 0 and "…" not in shown.stdout, shown.stdout
+        assert "ANTHROPIC_API_KEY or OPENAI_API_KEY" in shown.stdout or command != ["batch", "--help"]
+    narrow = airlock("batch", "--help", env={**env, "COLUMNS": "60"})
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 60

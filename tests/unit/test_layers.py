@@ -15,7 +15,7 @@ ORCHESTRATOR = PROJECT / "orchestrator"
 LAYERS: dict[str, float] = {
     "errors": 0, "tokens": 0, "conversation": 1, "tool_specs": 1, "globs": 1, "sizes": 1, "terminal": 1,  # shared vocabulary
     "patch": 2, "providers": 2, "sandbox": 2,
-    "policy": 3,
+    "policy": 3, "history": 3,
     "run": 4,
     "batch": 5, "review": 5,
     "demo": 6, "doctor": 6, "doctor_kubernetes": 6.5,

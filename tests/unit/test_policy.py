@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.globs import path_matches
+from orchestrator.globs import TreeMatcher, path_matches
 from orchestrator.policy.guard import PolicyGuard
 from orchestrator.policy.model import (
     DEFAULT_HIDDEN,
@@ -141,7 +141,7 @@ def test_size_below_minimum(tmp_path: Path) -> None:
 )
 def test_size_forms(tmp_path: Path, text: str | int, expected: int) -> None:
     value = f'"{text}"' if isinstance(text, str) else str(text)
-    assert load_policy(write(tmp_path, f"[limits]\nmemory = {value}\n")).limits.memory == expected
+    assert load_policy(write(tmp_path, f'[limits]\ndisk = "64m"\nmemory = {value}\n')).limits.memory == expected
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
@@ -291,6 +291,7 @@ def test_record_is_json_with_sizes_in_bytes() -> None:
 CUSTOM = """\
 [limits]
 memory = 1000000001
+disk = "512m"
 max_patch_bytes = "1536k"
 cpus = 0.5
 
@@ -398,6 +399,18 @@ def test_path_matches(pattern: str, path: str, matches: bool) -> None:
     assert path_matches(path, [pattern]) == (pattern if matches else None)
 
 
+@pytest.mark.parametrize(("pattern", "path", "matches"), PATH_CASES)
+def test_a_walk_from_the_root_matches_exactly_what_path_matches_does(pattern: str, path: str, matches: bool) -> None:
+    """TreeMatcher checks one entry at a time below folders that did not match, as the copy-in and the
+    history filter walk; it must agree with path_matches on the whole path, with other patterns beside it."""
+    for patterns in ([pattern], [pattern, "unrelated/**", "*.nothing"]):
+        matcher = TreeMatcher(patterns)
+        parts = path.split("/")
+        walked = any(matcher.matches("/".join(parts[: n + 1]), parts[n]) for n in range(len(parts)))
+        assert walked == matches
+    assert not TreeMatcher([])
+
+
 def test_path_matches_returns_the_first_matching_pattern() -> None:
     assert path_matches("tests/test_a.py", ["*.md", "test_*.py", "tests/**"]) == "test_*.py"
     assert path_matches("README.md", []) is None
@@ -409,3 +422,35 @@ def test_policy_from_record_round_trips() -> None:
     assert loaded == policy and (loaded.source, loaded.overrides) == (policy.source, ("--cpus", "--memory"))
     with pytest.raises(PolicyError, match=r"recorded policy is not valid: \[limits\] cpus"):
         Policy.from_record({**policy.to_record(), "limits": {"cpus": "many"}})
+
+
+# --- [sandbox] git_history and the workspace inside memory --------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "parsed", "depth"), [("full", "full", None), ("recent", "recent", 50), ("none", "none", 0), ("7", 7, 7), (12, 12, 12)])
+def test_git_history_choices(value: str | int, parsed: str | int, depth: int | None, tmp_path: Path) -> None:
+    policy = Policy().with_overrides(git_history=value)
+    assert (policy.sandbox.git_history, policy.sandbox.history_depth) == (parsed, depth)
+    assert Policy().sandbox.git_history == "recent"
+    assert load_policy(write(tmp_path, policy.to_toml())) == policy
+
+
+@pytest.mark.parametrize("value", ["all", "0", 0, -3, True, "lots"])
+def test_bad_git_history_choices_say_what_is_allowed(value: str | int) -> None:
+    with pytest.raises(PolicyError, match="^--git-history must be full, recent, none or a number of commits"):
+        Policy().with_overrides(git_history=value)
+
+
+def test_a_workspace_that_leaves_no_memory_for_processes_is_refused(tmp_path: Path) -> None:
+    """The workspace is a tmpfs in the sandbox's memory: --disk 2g under --memory 1g cannot work, and says why."""
+    with pytest.raises(PolicyError) as refused:
+        Policy().with_overrides(memory="1g", disk="2g")
+    assert str(refused.value) == (
+        "the workspace (disk 2 GiB) counts toward the memory limit (memory 1 GiB) and must leave 256 MiB of it for processes: "
+        "raise memory to at least 2304 MiB or lower disk"
+    )
+    with pytest.raises(PolicyError, match="raise memory to at least 2304 MiB or lower disk"):
+        Policy().with_overrides(memory="512m")  # the default workspace of 2 GiB
+    assert Policy().with_overrides(memory="2304m").limits.memory == 2304 * MiB
+    path = write(tmp_path, '[limits]\nmemory = "1g"\n')
+    assert load_error(path).startswith(f"{path}:1: [limits]: the workspace (disk 2 GiB) counts toward the memory limit")

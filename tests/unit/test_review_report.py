@@ -268,3 +268,30 @@ def test_the_setup_phase_is_shown_to_reviewers(tmp_path: Path) -> None:
     console = Console(record=True, width=200)
     render_run(load_single_run(hit), console)
     assert "from the cache: no setup ran, no network" in console.export_text()
+
+
+def test_multi_line_commands_keep_their_line_breaks_and_escape_the_rest(tmp_path: Path) -> None:
+    command = "cd src &&\n  python -m pytest -q\n\x1b]0;title\x07"
+    events = [
+        {"type": "model_response", "t": 1.0, "step": 1, "message": {"role": "assistant", "content": []}, "stop_reason": "tool_use"},
+        {"type": "tool_call", "t": 1.2, "step": 1, "id": "t1", "name": "run_bash", "input": {"command": command}, "output": "ok", "is_error": False, "meta": {"exit_code": 0}},
+    ]  # fmt: skip
+    run = write_run(tmp_path / "results" / "multi", events=events)
+    page = render_report(load_collection(run.parent), tmp_path / "results" / "report.html")
+    block = re.search(r'<pre class="cmd">(.*?)</pre>', page, re.S)
+    assert block is not None
+    assert block.group(1).startswith("cd src &amp;&amp;\n  python -m pytest -q\n")  # ordinary newlines, shown as such
+    assert "\\n</span>" not in block.group(1) and "\\x1b</span>" in block.group(1) and "\\x07</span>" in block.group(1)
+
+
+def test_a_single_run_is_titled_by_its_task_and_says_what_was_hidden(tmp_path: Path) -> None:
+    snapshot = {"files": 3, "bytes": 10, "hidden": [".env", "tests/certs/ca.pem", "tests/certs/ca.key", "deploy.pem"], "history": {"hidden_paths": 2}}
+    run = write_run(tmp_path / "out", record={"task": "Fix the flaky login test\nIt fails on CI.", "snapshot": snapshot})
+    page = render_report(load_collection(run), tmp_path / "report.html")
+    dom = Elements(page)
+    assert "<title>airlock review · Fix the flaky login test</title>" in page
+    assert "<h2>Fix the flaky login test</h2>" in page and "<h2>out</h2>" not in page
+    note = "hidden by policy: 4 paths not copied into the sandbox, e.g. .env, tests/certs/ca.pem, tests/certs/ca.key, …; 2 removed from its git history"
+    assert note in dom.text
+    batch = write_run(tmp_path / "results" / "task-7", record={"task": "Fix the flaky login test"})
+    assert "<h2>task-7</h2>" in render_report(load_collection(batch.parent), tmp_path / "results" / "report.html")  # a batch's task id

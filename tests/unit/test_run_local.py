@@ -15,7 +15,7 @@ from rich.console import Console
 from orchestrator.demo import calculator_script
 from orchestrator.policy.model import Policy
 from orchestrator.providers import make_provider
-from orchestrator.providers.scripted import ScriptedModelServer, Turn, tool_use
+from orchestrator.providers.scripted import ScriptedModelServer, Turn, reply, text, tool_use
 from orchestrator.run.config import RunConfig, new_run_id
 from orchestrator.run.record import RunRecord
 from orchestrator.run.runner import Run
@@ -56,3 +56,26 @@ def test_the_calculator_exercise_runs_end_to_end(calculator_repo: Path, tmp_path
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "completed"
     assert [e["type"] for e in events(tmp_path / "out")][-1] == "run_end"
     assert len(api.requests) == 5 and "■ completed" in shown
+
+
+def test_a_git_repo_gets_its_rebuilt_history_in_the_box(calculator_repo: Path, tmp_path: Path) -> None:
+    """The whole start-up path with a history: the pack made on the host, unpacked beside the work tree,
+    the .git given its index, the baseline borrowing the pack's objects; git works in the box."""
+    from orchestrator.patch.neutral_git import run_git
+
+    def git(*args: str) -> None:
+        assert run_git(list(args), git_dir=calculator_repo / ".git", work_tree=calculator_repo, cwd=calculator_repo).returncode == 0
+
+    git("init", "--quiet", "--template=", "--initial-branch=main")
+    git("add", "-A")
+    git("-c", "user.name=dev", "-c", "user.email=dev@example.invalid", "commit", "--quiet", "-m", "the calculator")
+    (calculator_repo / "server.key").write_text("secret\n")  # hidden by the default policy
+    turns = [reply(FIX, tool_use("run_bash", command="git log --format=%s; git status --short; ls -a")), reply(text("done"))]
+    record, api, shown = run_locally(calculator_repo, tmp_path / "out", turns)
+    assert record.status == "completed", record.error
+    [output] = [event["output"] for event in events(tmp_path / "out") if event["type"] == "tool_call" and event["name"] == "run_bash"]
+    log, _, rest = output.partition("\n")
+    assert log == "the calculator" and " M calculator.py" in rest and "server.key" not in rest
+    assert record.snapshot["history"]["commits"] == 1 and record.snapshot["hidden"] == ["server.key"]
+    assert "git history: the full history of branch main" in shown and "hidden by policy: 1 path" in shown
+    assert "-    return a + b\n+    return a * b\n" in (tmp_path / "out" / "patch.diff").read_text()

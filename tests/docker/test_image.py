@@ -9,7 +9,6 @@ import docker
 import pytest
 from helpers import SESSION_OWNER
 
-from orchestrator.sandbox.docker_backend import OWNER_LABEL
 from orchestrator.sandbox.docker_client import docker_client
 from orchestrator.sandbox.image import (
     DEFAULT_IMAGE,
@@ -20,6 +19,7 @@ from orchestrator.sandbox.image import (
     build_image,
     image_info,
 )
+from orchestrator.sandbox.spec import OWNER_LABEL
 
 TEST_LABELS = {"airlock.test": "1"}
 # What an image may carry in ENV: the search path and, at most, locale basics. Nothing host-specific.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import shlex
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path

@@ -235,6 +235,9 @@ class KubernetesBackend:
 
     # --- the seam ----------------------------------------------------------------------------------------------
 
+    def check(self, spec: SandboxSpec) -> None:
+        pass  # the image is in a registry only the nodes see: a missing one fails the pod's start, named then
+
     def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
         """The deny-all NetworkPolicy and the tool code's ConfigMap, created in the namespace if missing."""
         namespace = self.namespace

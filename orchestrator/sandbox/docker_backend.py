@@ -265,12 +265,27 @@ class DockerBox:
         try:
             remove_run(self.client, self.spec.run_id, also=self.container)
         finally:
-            closables = [self._events, self._lifeline, *([pipe_of(self.proxy.lifeline)] if self.proxy is not None else [])]
-            for closable in closables:
+            _close_events(self._events)
+            for pipe in (self._lifeline, *([pipe_of(self.proxy.lifeline)] if self.proxy is not None else [])):
                 try:
-                    closable.close()
+                    pipe.close()
                 except OSError:
                     pass
+
+
+def _close_events(events: Any) -> None:
+    """End the watch's event stream on every transport. docker-py cannot cancel one over ssh (paramiko's
+    channel, or the OpenSSH client's pipes): there the channel it reads is closed instead (for OpenSSH, its
+    SSHSocket, which ends the ssh process)."""
+    try:
+        events.close()
+    except Exception:  # DockerException over paramiko, UnboundLocalError over OpenSSH: docker-py's own limits
+        channel = getattr(getattr(getattr(events._response.raw, "_fp", None), "fp", None), "channel", None)
+        if channel is not None:
+            try:
+                channel.close()
+            except OSError:
+                pass
 
 
 def _mib(size: int) -> str:

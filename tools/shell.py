@@ -75,7 +75,7 @@ def run(argv: list[str], cwd: str, timeout: float, max_output_bytes: int, max_pr
     """
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv,
+        [*_OOM_FIRST, *argv],
         cwd=cwd,
         env={**os.environ, "PWD": cwd},
         stdin=subprocess.DEVNULL,
@@ -184,11 +184,15 @@ def _end_everything(leader: int) -> None:
     confine.end_descendants(spare=leader)
 
 
+# Make the command, not the server, the OOM killer's first choice. A child of the non-dumpable server
+# cannot write its own /proc/self/oom_score_adj (root-owned until execve), and must not become dumpable
+# before execve (its memory holds the channel's key): so a first execve, of sh, sets it and execs argv.
+_OOM_FIRST = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$0" "$@"']
+
+
 def _in_the_child(max_processes: int | None) -> None:
-    """Make the command, not the server, the OOM killer's first choice; and bound its processes, when
-    asked (under gVisor, whose kernel counts only the sandbox's: the host's pids limit is the sentry's)."""
-    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-        f.write("1000")
+    """Bound the command's processes, when asked (under gVisor, whose kernel counts only the sandbox's:
+    the host's pids limit is the sentry's)."""
     if max_processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 

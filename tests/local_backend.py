@@ -111,6 +111,7 @@ class LocalBox:
 
 class LocalBackend:
     name = "local-test"
+    ready_before_model = False
 
     def __init__(self) -> None:
         self.boxes: list[LocalBox] = []

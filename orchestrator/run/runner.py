@@ -186,6 +186,8 @@ class Run:
         from start to removal, with the patch exported on every path."""
         try:
             self.startup = self._start_sandbox(trajectory)
+            if self.backend.ready_before_model:
+                self.startup.channel()
             self._phase = "running the agent's tools"
             self._run_agent(self.startup, trajectory, deadline)
             self.startup.channel()  # a run without a tool call still needs its sandbox, for the export

@@ -122,6 +122,9 @@ class Box(Protocol):
 
 class Backend(Protocol):
     name: str
+    # The box must be ready (its checks passed) before the run's first model request, e.g. the
+    # Kubernetes egress probe; else the model is asked while the box starts.
+    ready_before_model: bool
 
     def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
         """Make sure what a box of `spec` needs is where boxes start (its image, ...), saying what it does

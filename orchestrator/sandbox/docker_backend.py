@@ -305,6 +305,7 @@ def remove_run(client: docker.DockerClient, run_id: str, also: Container | None 
 
 class DockerBackend:
     name = "docker"
+    ready_before_model = False
 
     def __init__(self, engine: str | None = None, client: docker.DockerClient | None = None) -> None:
         self.engine = engine_address(engine)  # where the containers go: DOCKER_HOST's engine unless told

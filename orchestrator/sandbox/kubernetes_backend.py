@@ -157,6 +157,7 @@ class KubeBox:
 
 class KubernetesBackend:
     name = "kubernetes"
+    ready_before_model = True  # a pod whose egress is open is refused before the model hears of the task
 
     def __init__(self, namespace: str | None = None) -> None:
         self._namespace = namespace

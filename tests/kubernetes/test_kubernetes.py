@@ -56,8 +56,9 @@ def test_the_calculator_exercise_runs_in_a_hardened_pod(cluster: Cluster, calcul
     assert "3 failed, 1 passed" in calls[0]["output"] and "4 passed" in calls[3]["output"]
     assert b"-    return a + b\n+    return a * b\n" in result.patch and len(api.requests) == 5
     if cluster.fake is not None:  # what the API server was given: validated, and the pod's container as hardened as Docker's
-        [pod] = [obj for obj in cluster.fake.created if obj["kind"] == "Pod" and obj["metadata"]["labels"]["airlock.run-id"] == record["run_id"]]
-        assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        pods = [obj for obj in cluster.fake.created if obj["kind"] == "Pod" and obj["metadata"]["labels"]["airlock.run-id"] == record["run_id"]]
+        assert len(pods) == 2  # the agent's, and the fresh one verify ran in
+        assert all(pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True for pod in pods)
         assert any(obj["kind"] == "NetworkPolicy" for obj in cluster.fake.created)
 
 

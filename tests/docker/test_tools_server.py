@@ -566,9 +566,13 @@ def test_run_bash_does_not_wait_long_for_an_escaped_process_holding_the_pipe(ser
     pid_file = tmp_path / "pid"
     started = time.monotonic()
     try:
-        reply = server.call("run_bash", command=f"setsid sleep 30 & echo $! > {pid_file}; echo bye")
+        # The escapee writes its pid once it is in a session of its own; bash ends only after that, since
+        # the command's exit is seen at once and its process group killed (an escape still under way with it).
+        escape = f"setsid sh -c 'echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file}; exec sleep 30' &"
+        reply = server.call("run_bash", command=f"{escape} while [ ! -s {pid_file} ]; do sleep 0.01; done; echo bye")
         assert ok(reply) == "bye\n[exit code: 0]"
         assert time.monotonic() - started < 4  # about one second of draining, then the call returns
+        assert alive(int(pid_file.read_text()))  # it did escape: the call returned while it still held the pipe
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), 9)

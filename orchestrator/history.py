@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -286,9 +287,11 @@ def _build(dot_git: Path, head: _Head, depth: int | None, matcher: TreeMatcher, 
         cut = sorted(set(boundary) | set(head.shallow))
         _write_shallow(git_dir, cut)
         order = _topological(git_dir, head.commit)
-        rewriter = _Rewriter(reader, git_dir, matcher)
-        for commit in order:
-            rewriter.commit(commit)
+        rewriter = _Rewriter(reader, _PackWriter(git_dir), matcher)
+        with _ObjectReader(git_dir, ids=order) as commits:
+            for commit in order:
+                rewriter.commit(commit, commits.read(commit, b"commit"))
+        rewriter.pack.flush()
     new_head = rewriter.mapped[head.commit]
     shipped = set(order)
     shallow = [rewriter.mapped[commit] for commit in cut if commit in shipped]
@@ -352,46 +355,102 @@ def _topological(git_dir: Path, head: str) -> list[str]:
 
 
 class _ObjectReader:
-    """`git cat-file --batch` kept running: one object per round trip."""
+    """`git cat-file --batch` kept running: one object per round trip. Given `ids`, git reads them all at
+    once from a file and answers in that order, with no round trip each: `read` must follow that order."""
 
-    def __init__(self, git_dir: Path) -> None:
+    def __init__(self, git_dir: Path, ids: Sequence[str] = ()) -> None:
         self._home = tempfile.TemporaryDirectory(prefix="airlock-githome-")
+        self._ids = tempfile.TemporaryFile()
+        self._ids.write("".join(f"{sha}\n" for sha in ids).encode())
+        self._ids.seek(0)
         self._proc = subprocess.Popen(
             ["git", *neutral_args(), "cat-file", "--batch"], env=neutral_env(home=Path(self._home.name), git_dir=git_dir, work_tree=None),
-            cwd=git_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            cwd=git_dir, stdin=self._ids if ids else subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._in: IO[bytes] = self._proc.stdin
+        assert self._proc.stdout is not None
+        self._in: IO[bytes] | None = self._proc.stdin
         self._out: IO[bytes] = self._proc.stdout
 
     def __enter__(self) -> _ObjectReader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._in.close()
+        if self._in is not None:
+            self._in.close()
+        self._out.close()  # a git still answering (the walk stopped early) gets a broken pipe and ends
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        self._out.close()
+        self._ids.close()
         self._home.cleanup()
 
     def read(self, sha: str, kind: bytes) -> bytes:
-        self._in.write(sha.encode() + b"\n")
-        self._in.flush()
+        if self._in is not None:
+            self._in.write(sha.encode() + b"\n")
+            self._in.flush()
         header = self._out.readline().split()
-        if len(header) != 3 or header[1] != kind:
+        if len(header) != 3 or header[0] != sha.encode() or header[1] != kind:
             raise _NoHistory(f"object {sha[:12]} is missing or not a {kind.decode()} (a partial clone?)")
         data = self._out.read(int(header[2]) + 1)
         return data[:-1]
 
 
-class _Rewriter:
-    """Commits and trees without the hidden paths; objects that change are written as loose objects."""
+class _PackWriter:
+    """The objects the rewrite makes, written as packs of many: a full history's rewrite makes tens of
+    thousands, which as loose files are slow to make and slower to remove. Nothing reads them back before
+    the end, when git packs what HEAD reaches."""
 
-    def __init__(self, reader: _ObjectReader, git_dir: Path, matcher: TreeMatcher) -> None:
-        self.reader, self.objects, self.matcher = reader, git_dir / "objects", matcher
+    LIMIT = 64 * 1024**2  # bytes of deflated objects held before they are written out as one pack
+    TYPES = {b"commit": 1, b"tree": 2}
+
+    def __init__(self, git_dir: Path) -> None:
+        self.git_dir = git_dir
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._known: set[bytes] = set()
+
+    def add(self, kind: bytes, data: bytes) -> bytes:
+        """The object's binary id; it joins the next pack unless it is in one already."""
+        sha = hashlib.sha1(b"%s %d\0" % (kind, len(data)) + data, usedforsecurity=False).digest()
+        if sha not in self._known:
+            self._known.add(sha)
+            self._pending.append(_pack_entry(self.TYPES[kind], data))
+            self._size += len(self._pending[-1])
+            if self._size > self.LIMIT:
+                self.flush()
+        return sha
+
+    def flush(self) -> None:
+        """The pending objects as one pack (version 2, no deltas), indexed into the git dir by git itself."""
+        if not self._pending:
+            return
+        body = b"PACK" + struct.pack(">II", 2, len(self._pending)) + b"".join(self._pending)
+        pack = body + hashlib.sha1(body, usedforsecurity=False).digest()
+        indexed = run_git(["index-pack", "--stdin"], git_dir=self.git_dir, work_tree=None, cwd=self.git_dir, input=pack, timeout=TIMEOUT_S)
+        if indexed.returncode != 0:
+            raise _NoHistory(_first_line(indexed.stderr) or "git index-pack failed")
+        self._pending, self._size = [], 0
+
+
+def _pack_entry(kind: int, data: bytes) -> bytes:
+    """One undeltified object of a pack: its type and size (7 bits a byte, low bits first), then its bytes deflated."""
+    size = len(data)
+    header = bytearray([(kind << 4) | (size & 0x0F)])
+    size >>= 4
+    while size:
+        header[-1] |= 0x80
+        header.append(size & 0x7F)
+        size >>= 7
+    return bytes(header) + zlib.compress(data, 1)
+
+
+class _Rewriter:
+    """Commits and trees without the hidden paths; the objects that change go to `pack`."""
+
+    def __init__(self, reader: _ObjectReader, pack: _PackWriter, matcher: TreeMatcher) -> None:
+        self.reader, self.pack, self.matcher = reader, pack, matcher
         self.mapped: dict[str, str] = {}  # commit -> the commit shipped for it
         self.trees: dict[tuple[bytes, str], bytes | None] = {}  # (tree, folder) -> the tree shipped (None: left empty)
         self.dropped: set[str] = set()
@@ -401,15 +460,14 @@ class _Rewriter:
     def examples(self) -> list[str]:
         return sorted(self.dropped)[:EXAMPLES]
 
-    def commit(self, commit: str) -> None:
-        raw = self.reader.read(commit, b"commit")
+    def commit(self, commit: str, raw: bytes) -> None:
         headers, sep, message = raw.partition(b"\n\n")
         lines = _header_fields(headers)
         tree = bytes.fromhex(lines[0][5:45].decode()) if lines and lines[0].startswith(b"tree ") else None
         if tree is None:
             raise _NoHistory(f"commit {commit[:12]} has no tree")
         new_tree = self._tree(tree, "") if self.matcher else tree
-        kept_tree = new_tree if new_tree is not None else self._write(b"tree", b"")
+        kept_tree = new_tree if new_tree is not None else self.pack.add(b"tree", b"")
         parents = [line[7:47].decode() for line in lines if line.startswith(b"parent ")]
         if kept_tree == tree and all(self.mapped.get(parent, parent) == parent for parent in parents):
             self.mapped[commit] = commit
@@ -417,7 +475,7 @@ class _Rewriter:
         out = [b"tree " + kept_tree.hex().encode()]
         out += [b"parent " + self.mapped.get(parent, parent).encode() for parent in parents]
         out += [line for line in lines if not line.startswith((b"tree ", b"parent ", *_SIGNATURES))]
-        self.mapped[commit] = self._write(b"commit", b"\n".join(out) + sep + message).hex()
+        self.mapped[commit] = self.pack.add(b"commit", b"\n".join(out) + sep + message).hex()
         self.rewritten += kept_tree != tree
 
     def _tree(self, tree: bytes, folder: str) -> bytes | None:
@@ -444,19 +502,9 @@ class _Rewriter:
             pos = entry_end
         result: bytes | None = tree
         if changed:
-            result = self._write(b"tree", b"".join(kept)) if kept else None
+            result = self.pack.add(b"tree", b"".join(kept)) if kept else None
         self.trees[key] = result
         return result
-
-    def _write(self, kind: bytes, data: bytes) -> bytes:
-        """A loose object in our git dir; returns its binary id."""
-        raw = kind + b" " + str(len(data)).encode() + b"\0" + data
-        sha = hashlib.sha1(raw, usedforsecurity=False).digest()
-        path = self.objects / sha[:1].hex() / sha[1:].hex()
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            path.write_bytes(zlib.compress(raw, 1))
-        return sha
 
 
 def _header_fields(headers: bytes) -> list[bytes]:

@@ -68,6 +68,7 @@ def test_nothing_hidden_or_secret_is_reachable_through_the_sandbox_git(run_scrip
         "cat .git/config; git config --list --show-origin; git remote -v; git stash list; git reflog; git branch -a",
         "grep -rl -e 'hunt[e]r2' -e 'ghp[_]' -e 'secret[-]key' -e 'stash[e]d' .git /var/lib/airlock /home/airlock /tmp; echo grep-exit=$?",
         "git log --format='%H %s'; git status --short; cat .git/shallow 2>/dev/null; ls .git",
+        "git fsck --strict --no-dangling 2>&1; echo fsck-exit=$?",
     ]
     turns = [reply(*(tool_use("run_bash", command=probe) for probe in probes)), reply(text("done"))]
     result, api = run_scripted(repo, turns, "--policy", STRICT, "--git-history", "full")
@@ -77,6 +78,7 @@ def test_nothing_hidden_or_secret_is_reachable_through_the_sandbox_git(run_scrip
         assert secret not in seen, secret
     outputs = [call["output"] for call in result.events("tool_call")]
     assert "grep-exit=1" in outputs[3]  # grep found nothing anywhere
+    assert outputs[5].startswith("fsck-exit=0\n"), outputs[5]  # silent, and the rewritten history is a valid repository to the sandbox's git
     assert "fatal: path '.env' does not exist in 'HEAD'" in outputs[0]
     # The history itself is there, rewritten without the hidden files (so the commit ids are new).
     log = outputs[4]

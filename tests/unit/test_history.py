@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.history import History, prepare_history
+from orchestrator.history import History, _PackWriter, prepare_history
 from orchestrator.patch.neutral_git import run_git
 from orchestrator.policy.model import DEFAULT_HIDDEN
 
@@ -97,6 +97,22 @@ def test_hidden_content_and_credentials_are_unreachable_in_the_full_history(leak
     show = git(tmp_path / "sandbox", "show", "HEAD~4:app.py", git_dir=tmp_path / "sandbox" / ".git")
     assert show == b"print('v2')\n"
     assert history.branch == "main" and history.head != git(leaky_repo, "rev-parse", "HEAD").decode().strip()  # rewritten: a new id
+    git(tmp_path / "sandbox", "fsck", "--strict", "--no-dangling", git_dir=tmp_path / "sandbox" / ".git")  # the rewrite is a valid repository
+
+
+def test_a_rewrite_written_as_many_packs_is_the_same_history(leaky_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rewritten commits and trees go to git in packs of a bounded size; where a pack ends changes nothing."""
+    whole = prepare_history(leaky_repo, None, DEFAULT_HIDDEN, cache=tmp_path / "one")
+    packs: list[int] = []
+    flush = _PackWriter.flush
+    monkeypatch.setattr(_PackWriter, "LIMIT", 1)  # every object a pack of its own
+    monkeypatch.setattr(_PackWriter, "flush", lambda self: (packs.append(len(self._pending)), flush(self))[1])
+    spread = prepare_history(leaky_repo, None, DEFAULT_HIDDEN, cache=tmp_path / "many")
+    assert spread.head == whole.head and spread.rewritten == 6
+    assert len([n for n in packs if n]) > 6 and max(packs) == 1
+    git_dir = unpack(spread, tmp_path / "sandbox")
+    git(tmp_path / "sandbox", "fsck", "--strict", "--no-dangling", git_dir=git_dir)
+    assert SECRET not in everything(git_dir) and b"secret-key-material" not in everything(git_dir)
 
 
 def test_a_history_without_hidden_paths_keeps_every_commit_id(leaky_repo: Path, tmp_path: Path) -> None:

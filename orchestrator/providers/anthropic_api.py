@@ -1,11 +1,14 @@
 """The Anthropic Messages API adapter: one request per step, prompt caching, usage accounting.
 
-The SDK reads ANTHROPIC_BASE_URL (and ANTHROPIC_AUTH_TOKEN) itself and retries 408/409/429/5xx/529
-with backoff, honouring retry-after; what still fails is a `ModelError` carrying the API's own message.
+The SDK reads ANTHROPIC_BASE_URL (and ANTHROPIC_AUTH_TOKEN) itself. Requests failing with 408/409/429/5xx/529
+are retried with backoff, honouring retry-after, within the run's deadline; what still fails is a `ModelError`
+carrying the API's own message.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,10 +49,9 @@ class AnthropicProvider(Provider):
     def complete(self, system: str, messages: list[Message], timeout: float, max_tokens: int) -> Reply:
         import anthropic
 
+        create = functools.partial(self.client.messages.create, **self.request(system, messages, max_tokens))
         try:
-            response = self.client.messages.create(**self.request(system, messages, max_tokens), timeout=timeout)
-        except anthropic.APITimeoutError:
-            raise TimeoutError from None
+            response = self.send(create, time.monotonic() + timeout)
         except anthropic.APIStatusError as exc:
             raise api_error(exc.status_code, _api_message(exc)) from None
         except anthropic.APIConnectionError as exc:

@@ -1,7 +1,12 @@
-"""A 429 backoff shared by every process of a batch, through one small file.
+"""Retrying a model request within the run's deadline, and a 429 backoff shared by every process of a batch.
 
-When the API answers 429 to one task, the whole batch is over its rate limit, not just that task: if
-every task retried on its own schedule they would keep hammering the API together. So each airlock
+The SDKs' own retries are turned off (max_retries=0): each of their tries would get the full request
+timeout and sleep whatever retry-after says, so a call could outlast the run's remaining time several
+times over. `call_within` retries instead, on the SDKs' schedule, but gives each try only the time left
+before the deadline, and ends with TimeoutError rather than wait past it.
+
+The shared backoff: a 429 to one task means the whole batch is over its rate limit, not just that task.
+If every task retried on its own schedule they would keep hammering the API together. So each airlock
 process of a batch hooks its HTTP client to the same file: a 429 writes "wait until T" into it (the
 later deadline wins), and every request first sleeps until T has passed. The batch scheduler reads the
 same file and starts no new task meanwhile. T is wall-clock time (`time.time()`), as it crosses processes.
@@ -12,30 +17,81 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import fcntl
+import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_WAIT_S = 1.0  # a 429 without retry-after still pauses the others briefly
 MAX_WAIT_S = 600.0  # a bogus retry-after must not freeze the batch for hours
 SLEEP_SLICE_S = 0.5  # re-read the file while waiting: another 429 may push the deadline further
+# The SDKs' schedule: what retry-after asks for up to 2 minutes (longer is not retried), else 0.5 s doubling up to 8 s.
+MAX_RETRY_AFTER_S = 120.0
+FIRST_DELAY_S, MAX_DELAY_S = 0.5, 8.0
+
+T = TypeVar("T")
 
 
-def retry_after(headers: Any, now: float) -> float:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date), as the SDK reads them."""
+def asked_wait(headers: Any, now: float) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date), as the SDK reads them; None if not said."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
             continue
         try:
-            return min(max(float(value) * scale, 0.0), MAX_WAIT_S)
+            return max(float(value) * scale, 0.0)
         except ValueError:
             parsed = email.utils.parsedate_tz(value)
             if parsed is not None:
-                return min(max(email.utils.mktime_tz(parsed) - now, 0.0), MAX_WAIT_S)
-    return DEFAULT_WAIT_S
+                return max(email.utils.mktime_tz(parsed) - now, 0.0)
+    return None
+
+
+def retry_after(headers: Any, now: float) -> float:
+    """How long a 429 pauses the batch."""
+    asked = asked_wait(headers, now)
+    return DEFAULT_WAIT_S if asked is None or math.isnan(asked) else min(asked, MAX_WAIT_S)
+
+
+def retry_delay(status: int | None, headers: Any, retries_done: int) -> float | None:
+    """Seconds before the next try of a request that failed with `status` (None: the connection failed), or None
+    when it is not to be retried. Retried as the SDKs do: 408, 409, 429 and 5xx, unless `x-should-retry` says otherwise."""
+    asked = asked_wait(headers, time.time())
+    if asked is not None and not asked <= MAX_RETRY_AFTER_S:
+        return None
+    should = headers.get("x-should-retry")
+    if should == "false" or (should != "true" and status is not None and status not in (408, 409, 429) and status < 500):
+        return None
+    if asked:
+        return asked
+    return min(FIRST_DELAY_S * 2.0**retries_done, MAX_DELAY_S) * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not a secret
+
+
+def call_within(
+    send: Callable[[float], T], deadline: float, *, max_retries: int, delay: Callable[[Exception, int], float | None],
+    shared: SharedBackoff | None = None, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> T:  # fmt: skip
+    """`send(timeout)`, retried up to `max_retries` times while `delay(error, retries_done)` gives a wait, all before
+    `deadline` (a `clock()` value): each try's timeout is the time left, and TimeoutError is raised once it is up,
+    whether in a wait of the batch's shared backoff, between tries, or before one."""
+    retries_done = 0
+    while True:
+        if shared is not None:
+            shared.wait(limit_s=deadline - clock())
+        left = deadline - clock()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            return send(left)
+        except Exception as exc:
+            wait = delay(exc, retries_done) if retries_done < max_retries else None
+            if wait is None:
+                raise
+        sleep(max(0.0, min(wait, deadline - clock())))
+        retries_done += 1
 
 
 class SharedBackoff:
@@ -65,10 +121,10 @@ class SharedBackoff:
             tmp.write_text(f"{deadline:.3f}", encoding="ascii")
             os.replace(tmp, self.path)  # readers see the old deadline or the new one, never half a number
 
-    def wait(self) -> float:
-        """Sleep until the shared deadline has passed; returns the seconds waited."""
+    def wait(self, limit_s: float = math.inf) -> float:
+        """Sleep until the shared deadline has passed, or `limit_s` seconds at most; returns the seconds waited."""
         waited = 0.0
-        while (left := self.remaining()) > 0:
+        while (left := min(self.remaining(), limit_s - waited)) > 0:
             step = min(left, SLEEP_SLICE_S)
             self._sleep(step)
             waited += step
@@ -78,12 +134,9 @@ class SharedBackoff:
         if response.status_code == 429:
             self.push(retry_after(response.headers, self._clock()))
 
-    def before_request(self, request: Any) -> None:
-        self.wait()
-
     def event_hooks(self) -> dict[str, list[Callable[[Any], None]]]:
-        """httpx event hooks: wait before every request (the SDK's retries too), record every 429."""
-        return {"request": [self.before_request], "response": [self.on_response]}
+        """httpx event hooks that record every 429 (`call_within` waits before each try)."""
+        return {"response": [self.on_response]}
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

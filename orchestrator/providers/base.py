@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.conversation import Message, Reply, Usage
 from orchestrator.errors import ModelError
+from orchestrator.providers.backoff import SharedBackoff, call_within, retry_delay
+
+T = TypeVar("T")
 
 
 class ContextOverflow(ModelError):
@@ -61,21 +65,18 @@ def api_error(status: int, message: str, *, window: int | None = None, prompt_to
     return ContextOverflow(text, prompt_tokens=prompt_tokens, window=window or (int(match[1]) if match else None))
 
 
-def sdk_client(sdk: str, api_key: str | None, base_url: str | None, max_retries: int, rate_limit_file: Path | None) -> Future[Any]:
+def sdk_client(sdk: str, api_key: str | None, base_url: str | None, shared: SharedBackoff | None) -> Future[Any]:
     """The SDK's client (`anthropic.Anthropic` or `openai.OpenAI`), made on a background thread.
 
-    `rate_limit_file`: the SDK's own HTTP client defaults plus the hooks of a backoff shared with the other
-    runs of a batch (see orchestrator.providers.backoff). Both SDKs retry with backoff themselves, honouring retry-after."""
+    It does not retry: `Provider.send` does, within the run's deadline (see orchestrator.providers.backoff).
+    `shared`: the SDK's own HTTP client defaults plus the hook recording 429s in a backoff shared with the
+    other runs of a batch."""
 
     def make() -> Any:
         module = importlib.import_module(sdk)
-        http_client = None
-        if rate_limit_file is not None:
-            from orchestrator.providers.backoff import SharedBackoff
-
-            http_client = module.DefaultHttpxClient(event_hooks=SharedBackoff(rate_limit_file).event_hooks())
+        http_client = None if shared is None else module.DefaultHttpxClient(event_hooks=shared.event_hooks())
         client_class = module.Anthropic if sdk == "anthropic" else module.OpenAI
-        return client_class(api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http_client)
+        return client_class(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{sdk}-import")
     future = pool.submit(make)
@@ -101,12 +102,15 @@ class Provider:
         rate_limit_file: Path | None = None,
         text_tool_calls: bool = True,
     ) -> None:
-        """`text_tool_calls`: read tool calls a model wrote as text when the server returned none (see text_calls)."""
+        """`max_retries`: tries after the first of a failed request the API says may be retried;
+        `text_tool_calls`: read tool calls a model wrote as text when the server returned none (see text_calls)."""
         self.model = model
         self.usage = Usage()
         self.text_tool_calls = text_tool_calls
+        self.max_retries = max_retries
+        self._shared = None if rate_limit_file is None else SharedBackoff(rate_limit_file)
         self._reply_model: str | None = None  # the model field of the newest reply
-        self._client = sdk_client(self.name, api_key, base_url, max_retries, rate_limit_file)
+        self._client = sdk_client(self.name, api_key, base_url, self._shared)
 
     @property
     def client(self) -> Any:
@@ -121,5 +125,26 @@ class Provider:
         return self._reply_model
 
     def complete(self, system: str, messages: list[Message], timeout: float, max_tokens: int) -> Reply:
-        """One model turn of at most `max_tokens` tokens; raises TimeoutError, ContextOverflow or ModelError."""
+        """One model turn of at most `max_tokens` tokens within `timeout` seconds, retries included;
+        raises TimeoutError, ContextOverflow or ModelError."""
         raise NotImplementedError
+
+    def send(self, request: Callable[..., T], deadline: float) -> T:
+        """`request(timeout=...)` (an SDK call), retried as the API allows, ending by `deadline` (a time.monotonic() value).
+
+        Raises TimeoutError when the deadline passes, else the SDK's error of the last try."""
+        sdk = importlib.import_module(self.name)
+
+        def delay(error: Exception, retries_done: int) -> float | None:
+            if isinstance(error, sdk.APITimeoutError):  # it had all the time left
+                return None
+            if isinstance(error, sdk.APIStatusError):
+                return retry_delay(error.status_code, error.response.headers, retries_done)
+            if isinstance(error, sdk.APIConnectionError):
+                return retry_delay(None, {}, retries_done)
+            return None
+
+        try:
+            return call_within(lambda left: request(timeout=left), deadline, max_retries=self.max_retries, delay=delay, shared=self._shared)
+        except sdk.APITimeoutError:
+            raise TimeoutError from None

@@ -4,12 +4,14 @@ It copes with what real servers do: several tool calls in one message, `argument
 JSON (answered as a tool error), tool calls without ids, `finish_reason` "stop" beside tool calls,
 no `usage`, tool calls written as text in the message (read, see text_calls), and servers that refuse
 `tool_choice`, `parallel_tool_calls` or `max_tokens` (dropped, then retried).
-The SDK retries 408/409/429/5xx with backoff, honouring retry-after.
+Requests that fail with 408/409/429/5xx are retried with backoff, honouring retry-after, within the run's deadline.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,12 +55,11 @@ class OpenAIProvider(Provider):
         import openai
 
         notes: list[str] = []  # what had to be worked around, for the trajectory
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                response = self.client.chat.completions.create(**self.request(system, messages, max_tokens), timeout=timeout)
+                response = self.send(functools.partial(self.client.chat.completions.create, **self.request(system, messages, max_tokens)), deadline)
                 break
-            except openai.APITimeoutError:
-                raise TimeoutError from None
             except openai.APIStatusError as exc:
                 error, window, prompt_tokens = _api_message(exc)
                 overflow = api_error(exc.status_code, error, window=window, prompt_tokens=prompt_tokens)

@@ -6,7 +6,8 @@ It serves the Anthropic Messages API (POST /v1/messages) and the OpenAI chat-com
 (POST /v1/chat/completions); each request consumes the next turn of the script, whichever API asked.
 
 A turn is a `Scripted` reply (made with `reply(...)`, rendered into the API that asked), a raw response
-body (a dict, served as is), an `ApiError`, or a function of the request body returning one of those.
+body (a dict, served as is), an `ApiError`, a function of the request body returning one of those, or a
+`Stall` holding the request unanswered for a while.
 For several runs at once (`airlock batch`), the script can be a dict of scripts keyed by a marker:
 a request goes to the script whose marker is in its first user message (the task text).
 
@@ -53,7 +54,16 @@ class Scripted:
     omit_usage: bool = False  # answer without any usage, as some servers do
 
 
-Turn = Scripted | dict[str, Any] | ApiError | Callable[[dict[str, Any]], Scripted | dict[str, Any] | ApiError]
+@dataclass(frozen=True)
+class Stall:
+    """A turn that leaves the request unanswered for `seconds` (or until the server stops), as a server busy with
+    a long prompt does, then answers `then` if the client is still there."""
+
+    seconds: float
+    then: Scripted | dict[str, Any] | ApiError = field(default_factory=lambda: Scripted([text("answered after a stall")], "end_turn"))
+
+
+Turn = Scripted | dict[str, Any] | ApiError | Stall | Callable[[dict[str, Any]], Scripted | dict[str, Any] | ApiError]
 
 
 def reply(*blocks: dict[str, Any], stop_reason: str | None = None, usage: dict[str, int] | None = None, omit_usage: bool = False) -> Scripted:
@@ -202,6 +212,7 @@ class ScriptedModelServer:
         self._models = None if models is None else list(models)
         self._llama_cpp = llama_cpp
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # ends the stalls
         self.cache = PromptCache()
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
@@ -229,6 +240,7 @@ class ScriptedModelServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -269,6 +281,9 @@ class ScriptedModelServer:
             if not turns:
                 return ApiError(400, "the scripted model has no more replies", "invalid_request_error")
             turn = turns.pop(0)
+        if isinstance(turn, Stall):
+            self._stopping.wait(turn.seconds)
+            turn = turn.then
         outcome = turn(request) if callable(turn) else turn
         if isinstance(outcome, Scripted):
             return render_openai(outcome, request) if path == OPENAI else render_anthropic(outcome, request, self.cache)
@@ -310,13 +325,16 @@ class ScriptedModelServer:
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a stall outlasted its timeout)
+                    self.close_connection = True
 
             def log_message(self, *args: object) -> None:  # keep the terminal for the run's own trace
                 pass

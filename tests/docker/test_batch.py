@@ -439,7 +439,7 @@ def test_a_429_backs_off_every_task(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [(_, _), (limited_retry, _)] = api.for_marker("[limited]")
     [(other_first, _), (other_next, _)] = api.for_marker("[other]")
-    assert limited_retry - sent[0] >= 1.9  # the SDK honoured retry-after
+    assert limited_retry - sent[0] >= 1.9  # retry-after was honoured
     # Without the shared backoff the other run would have asked again about 0.3 s after the 429.
     assert other_next - sent[0] >= 1.9, other_next - sent[0]
     assert "rate limited by the API (429): no new task starts" in proc.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT, airlock_env
 
-from orchestrator.providers.scripted import ApiError, ScriptedModelServer, reply, text, tool_use
+from orchestrator.providers.scripted import ApiError, ScriptedModelServer, Stall, reply, text, tool_use
 
 FIX = tool_use("edit_file", path="calculator.py", old_str="return a + b\n\n\ndef subtract", new_str="return a + b  # checked\n\n\ndef subtract")
 
@@ -30,7 +30,7 @@ def test_non_retryable_api_error_ends_as_model_error_and_keeps_the_work(run_scri
     assert len(api.requests) == 2  # a 400 is not retried
 
 
-def test_rate_limits_and_overload_are_retried_by_the_sdk(run_scripted, calculator_repo: Path) -> None:
+def test_rate_limits_and_overload_are_retried(run_scripted, calculator_repo: Path) -> None:
     fast = {"retry-after-ms": "10"}
     turns = [ApiError(429, "rate limited", "rate_limit_error", fast), ApiError(529, "overloaded", "overloaded_error", fast), reply(text("done"))]
     result, api = run_scripted(calculator_repo, turns)
@@ -62,6 +62,16 @@ def test_wall_clock_timeout_ends_the_run(run_scripted, calculator_repo: Path) ->
     assert result.record["status"] == "timeout"
     assert result.record["duration_s"] < 60
     assert b"# checked" in result.patch
+
+
+def test_a_model_call_stalled_past_the_deadline_ends_the_run_as_timeout(run_scripted, calculator_repo: Path) -> None:
+    result, api = run_scripted(calculator_repo, [reply(FIX), Stall(300)], "--timeout", "8")
+    assert result.exit_code == 1
+    assert result.record["status"] == "timeout" and result.record["steps"] == 2
+    assert result.record["duration_s"] < 60  # not the 300 s stall, nor retries of it
+    assert len(api.requests) == 2
+    assert b"# checked" in result.patch
+    assert result.events()[-1]["type"] == "run_end"
 
 
 def test_verify_failure_is_recorded(run_scripted, calculator_repo: Path) -> None:

@@ -35,7 +35,11 @@ pytestmark = pytest.mark.skipif(not MODEL_DIR, reason="needs llama-server and th
 CONTEXT = 16_384  # llama-server -c; one slot (-np 1) gets all of it
 MODEL_NAME = "qwen2.5-coder-1.5b-instruct"  # what airlock asks for; llama-server serves its one model whatever the name
 START_TIMEOUT_S = 600.0  # loading 1.1 GB and warming up on a busy 2-core machine
-RUN_TIMEOUT_S = 1200
+RUN_BUDGET_S = 540  # each run's --timeout: four runs stay within about 40 minutes on a loaded machine
+# The run ends itself at its budget, model call included (no SDK retry outlasts it): only sandbox start,
+# patch export and verify come on top. The test's own limit on the process is well beyond that.
+END_MARGIN_S = 120
+RUN_TIMEOUT_S = RUN_BUDGET_S + 2 * END_MARGIN_S
 OVERFLOW_REASONS = ("the API said the prompt was too long", "the newest tool results did not fit in the context window")
 
 
@@ -155,7 +159,7 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
     repo, out = make_repo(tmp_path), tmp_path / "out"
     log_before = llama_server["log"].read_text(errors="replace")
     args = ["--provider", "openai", "--base-url", llama_server["base"] + "/v1", "--model", MODEL_NAME, "--max-steps", "8", "--max-reply-tokens", "1024"]
-    args += ["--timeout", str(RUN_TIMEOUT_S - 200)]  # the run ends itself (status `timeout`) before the test would kill it
+    args += ["--timeout", str(RUN_BUDGET_S)]
     proc = airlock("run", str(repo), "--task", task, "--out", str(out), *args, *extra, env=airlock_env(), timeout=RUN_TIMEOUT_S)
     result = Result(proc.returncode, proc.stdout, proc.stderr, out)
     server_log = llama_server["log"].read_text(errors="replace")[len(log_before) :]
@@ -168,12 +172,17 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
     events = result.events()
     assert events[0]["type"] == "run_start" and events[-1] == {**events[-1], "type": "run_end", "status": record.status}
     assert record.served_model in llama_server["models"]  # what the server says it serves, beside the name asked for
+    assert record.duration_s < RUN_BUDGET_S + END_MARGIN_S, record.duration_s  # a slow model call does not outlast --timeout
 
-    # Tool calls were executed, whether the server returned them structured or the model wrote them as text.
+    # Tool calls were executed, whether the server returned them structured or the model wrote them as text. A
+    # small model may also answer in prose alone (seen: "as an AI language model, I don't have access to the
+    # repository"): then the run ended at the model's own end of turn, with nothing left unrun.
     calls = result.events("tool_call")
-    assert record.tool_calls == len(calls) >= 1, proc.stdout[-3000:]
-    from_text = sum(call["id"].startswith("call_text_") for call in calls)
     responses = result.events("model_response")
+    assert record.tool_calls == len(calls), proc.stdout[-3000:]
+    if not calls:
+        assert record.status in ("completed", "verify_failed") and responses[-1]["stop_reason"] == "end_turn", proc.stdout[-3000:]
+    from_text = sum(call["id"].startswith("call_text_") for call in calls)
     notes = [note for response in responses for note in response["notes"]]
     assert all(note.startswith("tool call parsed from text") for note in notes), notes  # no parameter refused
 
@@ -184,9 +193,11 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
     overflows = [trim for trim in trims if trim["reason"] in OVERFLOW_REASONS]
     errors = re.findall(r"task id = \d+, error: (.*)", server_log)
     assert all("context size" in error for error in errors) and len(errors) == len(overflows), (errors, overflows)
-    if name == "log-100k" and any(call["name"] == "read_file" and "build.log" in json.dumps(call["input"]) for call in calls):
-        read = next(call for call in calls if call["name"] == "read_file")
-        assert estimate_tokens(read["output"]) <= 0.25 * CONTEXT  # capped relative to the window, not 50,000 characters
+    reads = [call for call in calls if call["name"] == "read_file" and "build.log" in json.dumps(call["input"])]
+    if name == "log-100k" and reads and estimate_tokens(reads[0]["output"]) > 0.25 * CONTEXT:
+        # Capped only to max_output_chars, as no --context-window is given: the server's "too long" answer then
+        # taught airlock the window, and the result was shortened to fit it before the request was sent again.
+        assert any(reads[0]["id"] in trim["shortened"] and trim["window"] == CONTEXT for trim in overflows), trims
 
     usage = record.usage
     table.append({
@@ -195,6 +206,13 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
         "tokens in": f"{usage.prompt_tokens():,}", "tokens out": f"{usage.output_tokens:,}", "trims": len(trims),
     })  # fmt: skip
     _write_table(table)
+
+
+def test_the_real_model_made_tool_calls_and_they_ran(table: list[dict[str, Any]]) -> None:
+    """Over the runs above (it comes after them): whatever one run's model did, calls were made and executed."""
+    if not table:
+        pytest.skip("no run above finished (run them with this test)")
+    assert sum(row["tool calls"] for row in table) >= 1, table
 
 
 SAMPLES = {

@@ -279,11 +279,13 @@ def test_a_batch_spreads_over_two_engines_and_survives_losing_one(with_image: En
             proc = subprocess.Popen(cmd, env=env, cwd=PROJECT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 180
-            while len(api.requests) < 4:  # two tasks on each engine, each waiting for its first answer
+            # Two tasks on each engine, each waiting for its first answer; the model is asked while a sandbox
+            # starts, so the sandboxes are waited for too.
+            while len(api.requests) < 4 or len(remote_sandboxes(with_image)) < 2 or len(docker_sandboxes(docker_client)) < 2:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
             on_remote = [c.labels["airlock.run-id"] for c in remote_sandboxes(with_image)]
-            assert len(on_remote) == 2 and len(docker_sandboxes(docker_client)) >= 2
+            assert len(on_remote) == 2
             with_image.kill_engine()
             release.set()
             code = proc.wait(timeout=300)

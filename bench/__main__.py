@@ -38,7 +38,7 @@ from typing import Any
 
 import docker
 
-from bench import setup_phase, tokens
+from bench import host, setup_phase, tokens
 from bench.repos import synthetic_repo, tree_bytes
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, Turn, reply, text, tool_use
@@ -240,35 +240,20 @@ def run_batch(repo: Path, history: str, cache: Path) -> tuple[float, int, int]:
             command = [sys.executable, "-m", "orchestrator", "batch", str(tasks), "--out", f"{tmp}/out", "--jobs", str(BATCH_JOBS), "--policy", str(policy)]
             started = time.monotonic()
             proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            host = _tree_peak_rss(proc)
+            host_peak = _tree_peak_rss(proc)
             wall = time.monotonic() - started
         if proc.returncode != 0:
             raise RuntimeError(f"the benchmark batch failed with exit code {proc.returncode}")
-    return wall, host, sandboxes.bytes
+    return wall, host_peak, sandboxes.bytes
 
 
 def _tree_peak_rss(proc: subprocess.Popen[bytes]) -> int:
     """Wait for `proc`; the highest sum of the resident memory of it and its descendants, sampled."""
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, sum(_rss(pid) for pid in _descendants(proc.pid)))
+        peak = max(peak, sum(_rss(pid) for pid in host.descendants(proc.pid)))
         time.sleep(0.1)
     return peak
-
-
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
 
 
 def _rss(pid: int) -> int:
@@ -353,10 +338,10 @@ def main() -> None:
             rows.append(Row(f"big repo, --git-history {history}: peak sandbox memory", _mib(timed.peak_sandbox), f"tree {_mib(tree)}"))
 
         for history in ("recent", "full"):
-            wall, host, sandbox = run_batch(big, history, work / "warm")
+            wall, host_peak, sandbox = run_batch(big, history, work / "warm")
             what = f"batch of {BATCH_TASKS}, --jobs {BATCH_JOBS}, --git-history {history}"
             rows.append(Row(f"{what}: wall time", f"{wall:.1f} s", ""))
-            rows.append(Row(f"{what}: peak host memory", _mib(host), ""))
+            rows.append(Row(f"{what}: peak host memory", _mib(host_peak), ""))
             rows.append(Row(f"{what}: peak memory of one sandbox", _mib(sandbox), ""))
         print_table(rows)
     print()

@@ -42,7 +42,8 @@ class Usage:
     completed: int
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -94,7 +95,7 @@ def measure(forkserver: bool) -> Usage:
             done = threading.Event()
             threading.Thread(target=lambda: (proc.wait(), done.set()), daemon=True).start()
             while not done.wait(0.2):
-                samples = {pid: s for pid in _descendants(proc.pid) if (s := _sample(pid)) is not None}
+                samples = {pid: s for pid in descendants(proc.pid) if (s := _sample(pid)) is not None}
                 for pid, (_, _, seconds) in samples.items():
                     cpu[pid] = max(cpu.get(pid, 0.0), seconds)
                 peak_pss = max(peak_pss, sum(pss for pss, _, _ in samples.values()))

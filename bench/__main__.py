@@ -216,7 +216,12 @@ def step_overhead(call: Callable[[], dict[str, Any]], cache: Path) -> float:
     turns: list[Turn] = [reply(call()) for _ in range(STEPS)] + [reply(text("done"))]
     with ScriptedModelServer(turns) as api, tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url, "AIRLOCK_CACHE": str(cache), "AIRLOCK_OWNER": OWNER}
-        command = [sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", f"{out}/run", "--max-steps", str(STEPS + 5)]
+        policy = Path(out) / "policy.toml"  # the same call again and again is the point here, not a loop to stop
+        policy.write_text(f"[limits]\nmax_repeated_calls = {STEPS + 5}\n")
+        command = [
+            sys.executable, "-m", "orchestrator", "run", str(CALCULATOR_REPO), "--task", "bench", "--out", f"{out}/run",
+            "--max-steps", str(STEPS + 5), "--policy", str(policy),
+        ]  # fmt: skip
         subprocess.run(command, env=env, capture_output=True, timeout=900, check=True)
         events = [json.loads(line) for line in Path(f"{out}/run/trajectory.jsonl").read_text().splitlines()]
         arrivals, handling = list(api.times), list(api.handling)

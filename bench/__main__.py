@@ -242,7 +242,8 @@ def run_batch(repo: Path, history: str, cache: Path) -> tuple[float, int, int]:
             env = {**os.environ, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": api.base_url, "AIRLOCK_CACHE": str(cache), "AIRLOCK_OWNER": OWNER}
             policy = Path(tmp) / "policy.toml"
             policy.write_text(f'[sandbox]\ngit_history = "{history}"\n')
-            command = [sys.executable, "-m", "orchestrator", "batch", str(tasks), "--out", f"{tmp}/out", "--jobs", str(BATCH_JOBS), "--policy", str(policy)]
+            command = [sys.executable, "-m", "orchestrator", "batch", str(tasks), "--out", f"{tmp}/out", "--jobs", str(BATCH_JOBS), "--policy", str(policy),
+                       "--repos-root", str(repo.parent)]  # fmt: skip
             started = time.monotonic()
             proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             host_peak = _tree_peak_rss(proc)

@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -243,26 +243,19 @@ class KubernetesBackend:
         """The deny-all NetworkPolicy and the tool code's ConfigMap, created in the namespace if missing."""
         namespace = self.namespace
         with _api(f"find the NetworkPolicy {NETWORK_POLICY} in namespace {namespace}"):
-            try:
-                self._networking.read_namespaced_network_policy(NETWORK_POLICY, namespace, _request_timeout=API_TIMEOUT_S)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                self._networking.create_namespaced_network_policy(namespace, deny_all_policy(namespace), _request_timeout=API_TIMEOUT_S)
-                log(f"created the NetworkPolicy {NETWORK_POLICY} in namespace {namespace}: no ingress or egress for sandbox pods")
+            created = _create_if_missing(
+                lambda: self._networking.read_namespaced_network_policy(NETWORK_POLICY, namespace, _request_timeout=API_TIMEOUT_S),
+                lambda: self._networking.create_namespaced_network_policy(namespace, deny_all_policy(namespace), _request_timeout=API_TIMEOUT_S),
+            )
+        if created:
+            log(f"created the NetworkPolicy {NETWORK_POLICY} in namespace {namespace}: no ingress or egress for sandbox pods")
         tools_map = tools_config_map(namespace, tool_files())
         name = tools_map["metadata"]["name"]
         with _api(f"make the ConfigMap {name} of the tool code in namespace {namespace}"):
-            try:
-                self.core.read_namespaced_config_map(name, namespace, _request_timeout=API_TIMEOUT_S)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                try:
-                    self.core.create_namespaced_config_map(namespace, tools_map, _request_timeout=API_TIMEOUT_S)
-                except ApiException as race:
-                    if race.status != 409:  # made by another run meanwhile: the same content, by its name
-                        raise
+            _create_if_missing(
+                lambda: self.core.read_namespaced_config_map(name, namespace, _request_timeout=API_TIMEOUT_S),
+                lambda: self.core.create_namespaced_config_map(namespace, tools_map, _request_timeout=API_TIMEOUT_S),
+            )
         return {"namespace": namespace, "network_policy": NETWORK_POLICY, "tools_config_map": name}
 
     def start(self, spec: SandboxSpec) -> KubeBox:
@@ -364,6 +357,24 @@ class KubernetesBackend:
 
     def environments(self) -> NoEnvironments:
         return NoEnvironments(self.name)
+
+
+def _create_if_missing(read: Callable[[], object], create: Callable[[], object]) -> bool:
+    """Create an object unless it exists; whether this call made it. One made by another run meanwhile
+    (409) is the same content, by its name, so it counts as there."""
+    try:
+        read()
+        return False
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    try:
+        create()
+    except ApiException as race:
+        if race.status != 409:
+            raise
+        return False
+    return True
 
 
 def abandoned(pod: dict[str, Any], now: float | None = None) -> bool:

@@ -6,10 +6,11 @@ back into a `Reply`; the loop, the trajectory and the context trimming only ever
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.tokens import estimate_tokens
 
@@ -58,18 +59,17 @@ def _part_text(part: Text | ToolCall | ToolResult) -> str:
 
 
 class Message(BaseModel):
-    # A turn, once made, is never changed in place (trimming replaces it whole), so its size is computed once.
+    # A turn, once made, is never changed (trimming makes a new one in its place, never a model_copy, which
+    # would copy the cached size), so its size is computed once: every step sums the whole conversation's.
     model_config = ConfigDict(frozen=True)
 
     role: Literal["user", "assistant"]
     content: list[Part]
-    _tokens: int | None = PrivateAttr(None)
 
+    @functools.cached_property
     def tokens(self) -> int:
         """The message's estimated size in tokens (see orchestrator.tokens): what the context-window estimate counts."""
-        if self._tokens is None:
-            self._tokens = PER_MESSAGE + sum(PER_PART + estimate_tokens(_part_text(part)) for part in self.content)
-        return self._tokens
+        return PER_MESSAGE + sum(PER_PART + estimate_tokens(_part_text(part)) for part in self.content)
 
     @property
     def text(self) -> str:

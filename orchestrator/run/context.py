@@ -33,7 +33,7 @@ DEFAULT_WINDOWS = {"anthropic": 200_000, "openai": 128_000}
 
 
 def conversation_tokens(messages: list[Message]) -> int:
-    return sum(message.tokens() for message in messages)
+    return sum(message.tokens for message in messages)
 
 
 @dataclass(frozen=True)
@@ -145,4 +145,4 @@ class ContextWindow:
         content = list(old.content)
         content[index] = part.model_copy(update={"output": output})
         messages[number] = Message(role=old.role, content=content)
-        return int((messages[number].tokens() - old.tokens()) * self._scale)
+        return int((messages[number].tokens - old.tokens) * self._scale)

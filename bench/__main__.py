@@ -9,6 +9,8 @@ which answers at once and says how long each answer took, so what remains is air
 - the end: the last model reply to the CLI's exit (patch written, container gone);
 - a step: the loop's own time per step (a model that answers at once, a trivial tool call), that is the
   step minus the server's answer and the command's own run time; baseline: one `docker exec`;
+- what stands in the way of those two goals (bench/breakdown.py): the imports on the way to the first
+  model request, and the model SDK's and HTTP's share of a step;
 - the tool call round trip: the persistent tool server against one `docker exec` per call;
 - memory: the history the sandbox holds for each --git-history, and the sandbox's peak memory;
 - a batch: 8 tasks on the big repo with --jobs 4, its wall time and peak host and sandbox memory;
@@ -38,7 +40,7 @@ from typing import Any
 
 import docker
 
-from bench import host, setup_phase, tokens
+from bench import breakdown, host, setup_phase, tokens
 from bench.repos import synthetic_repo, tree_bytes
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, Turn, reply, text, tool_use
@@ -304,6 +306,8 @@ def main() -> None:
             )
         )
         rows.append(Row("small repo: CLI start -> first tool result", _s([t.first_result for t in small]), f"docker run true {_s(bare)}"))
+        for module, what in (("anthropic", "the anthropic SDK"), ("docker", "docker-py"), ("orchestrator.cli", "airlock's CLI")):
+            rows.append(Row(f"  on the way: importing {what}", f"{breakdown.import_seconds(module):.2f} s", "a fresh interpreter"))
         cold = [run_once(big, cache=work / f"cold-{n}") for n in range(3)]
         warm = [run_once(big, cache=work / "warm") for _ in range(STARTS)]
         rows.append(Row("big repo: CLI start -> first model request", _s([t.first_request for t in warm]), f"docker run true {_s(bare)}", "<= 2.0 s"))
@@ -327,8 +331,9 @@ def main() -> None:
                         f"docker run true {_s(bare_container_start(client, runtime))}",
                     )
                 )
+        overheads = []
         for name, call in (("run_bash true", lambda: tool_use("run_bash", command="true")), ("read_file", lambda: tool_use("read_file", path="calculator.py"))):
-            overhead = statistics.median(step_overhead(call, work / "cache") for _ in range(3))
+            overheads.append(overhead := statistics.median(step_overhead(call, work / "cache") for _ in range(3)))
             rows.append(
                 Row(
                     f"one step's own overhead ({name})",
@@ -337,6 +342,10 @@ def main() -> None:
                     f"<= 5 ms, <= 0.10x docker exec ({overhead / exec_s:.2f}x)",
                 )
             )
+        sdk, http = breakdown.sdk_and_http_seconds(STEPS // 2)  # the middle of the step-overhead runs
+        rows.append(Row(f"  of which the model SDK's own work per request ({STEPS // 2} steps in)", f"{sdk * 1000:.1f} ms", "messages.create less a POST"))
+        rows.append(Row("  of which HTTP to the local server", f"{http * 1000:.1f} ms", "a POST less the server's time"))
+        rows.append(Row("  airlock's own part of a step (run_bash true)", f"{(overheads[0] - sdk - http) * 1000:.1f} ms", "", "<= 5 ms"))
 
         for history in ("recent", "none", "full"):
             timed = run_once(big, "--git-history", history, cache=work / "warm")

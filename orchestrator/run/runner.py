@@ -324,6 +324,10 @@ class Run:
         except Exception as exc:  # a bug of ours on a patch nobody foresaw included: recorded, never raised
             if self.record.error is None:
                 self._record_failure(exc, sandbox, trajectory)
+            else:  # the run keeps its first error, but an empty patch must not be a mystery
+                why = str(exc) if isinstance(exc, SandboxError) else f"internal error: {type(exc).__name__}: {exc}"
+                trajectory.write("export_failed", error=why)
+                self.trace.note(f"the patch could not be exported either: {why}")
         finally:
             if channel is not None:
                 channel.close()

@@ -79,3 +79,16 @@ def test_a_git_repo_gets_its_rebuilt_history_in_the_box(calculator_repo: Path, t
     assert record.snapshot["history"]["commits"] == 1 and record.snapshot["hidden"] == ["server.key"]
     assert "git history: the full history of branch main" in shown and "hidden by policy: 1 path" in shown
     assert "-    return a + b\n+    return a * b\n" in (tmp_path / "out" / "patch.diff").read_text()
+
+
+def test_an_export_failing_after_an_earlier_error_is_said_too(calculator_repo: Path, tmp_path: Path) -> None:
+    """The run keeps its first error (the tool server killed), and the export that then fails is not silent.
+    The local box isolates nothing, so the agent can reach the baseline and break the export, as a real
+    sandbox's agent cannot."""
+    sabotage = tool_use("run_bash", command="rm -rf ../state/*; kill -KILL $PPID")
+    record, api, shown = run_locally(calculator_repo, tmp_path / "out", [reply(FIX), reply(sabotage), reply(text("never asked"))])
+    assert record.status == "sandbox_error" and "the tool server exited" in (record.error or "")
+    assert record.patch.exported is False and (tmp_path / "out" / "patch.diff").read_bytes() == b""
+    [failed] = [event for event in events(tmp_path / "out") if event["type"] == "export_failed"]
+    assert "baseline.py export" in failed["error"]
+    assert "the patch could not be exported either: `" in shown

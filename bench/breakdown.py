@@ -1,7 +1,8 @@
 """What stands in the way of the start-up and per-step goals, measured in the same run as the figures.
 
 - start-up: a fresh interpreter importing one module and ending at once, less one importing nothing: the
-  model SDK, docker-py and airlock's CLI, each on the critical path before the first model request;
+  model SDK, docker-py and airlock's CLI, each on the critical path before the first model request; and
+  on a big repo, the walk of its tree that the run makes before it starts (what to copy, what is hidden);
 - a step: the model SDK's own work per request at the bench's conversation length (copying the request,
   JSON, parsing the reply into its types), that is `messages.create` against the scripted server less an
   HTTP POST of the same body, and the HTTP POST less the server's handling.
@@ -14,13 +15,16 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx2
 
 from orchestrator.conversation import Message, Text, ToolCall, ToolResult
+from orchestrator.policy.model import Policy
 from orchestrator.providers.anthropic_api import AnthropicProvider
 from orchestrator.providers.scripted import ScriptedModelServer, reply, tool_use
 from orchestrator.run.agent import SYSTEM_PROMPT
+from orchestrator.sandbox.repo_tar import scan_repo
 
 REPEATS = 5
 REQUESTS = 40
@@ -35,6 +39,17 @@ def import_seconds(module: str) -> float:
         return time.perf_counter() - started
 
     return statistics.median(once(f"import {module}; ") - once("") for _ in range(REPEATS))
+
+
+def scan_seconds(repo: Path) -> float:
+    """The median time of the walk a run makes of `repo` before it starts, with the default policy's hidden paths."""
+    hidden = Policy().paths.hidden
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        scan_repo(repo, hidden=hidden)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def conversation(steps: int) -> list[Message]:

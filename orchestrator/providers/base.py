@@ -8,7 +8,7 @@ import importlib
 import re
 import sys
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,6 +129,10 @@ class Provider:
     @property
     def client(self) -> Any:
         return self._client.result()
+
+    def wait_until_loaded(self) -> None:
+        """Wait for the SDK's import and client (whose error, if any, the first request raises)."""
+        wait([self._client])
 
     @property
     def base_url(self) -> str:

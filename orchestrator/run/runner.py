@@ -244,7 +244,7 @@ class Run:
         threading.Thread(target=self._remove_stale, name="airlock-tidy", daemon=True).start()
         self.record.sandbox |= self.backend.prepare(self.spec, self.trace.note)  # e.g. the image sent to a remote engine
         history = functools.partial(prepare_history, self.config.repo, policy.sandbox.history_depth, policy.paths.hidden)
-        return Startup(self.backend, self.spec, self.scan, history, self.trace, trajectory)
+        return Startup(self.backend, self.spec, self.scan, history, self.trace, trajectory, host_work_after=self.provider.wait_until_loaded)
 
     def _remove_stale(self) -> None:
         try:  # tidying up after others must never end this run

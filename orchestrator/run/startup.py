@@ -54,7 +54,11 @@ class Startup:
 
     def __init__(
         self, backend: Backend, spec: SandboxSpec, scan: RepoScan, history: Callable[[], History], trace: Trace, trajectory: Trajectory,
+        host_work_after: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
+        """`host_work_after`: what the host's share of the work (the history, then the copy-in) waits for: the
+        model SDK's import, which they would slow down by sharing the interpreter with it, and which the first
+        model request waits for. The container's start, the engine's work, goes on beside it."""
         self.backend, self.spec, self.scan, self.trace, self.trajectory = backend, spec, scan, trace, trajectory
         self.phase = "starting the sandbox"  # what it is doing, for the error that ends it
         self.sandbox: Sandbox | None = None
@@ -65,7 +69,7 @@ class Startup:
         self._abort = threading.Event()
         self._done = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airlock-history")
-        self._history: Future[History] = self._pool.submit(history)  # host work: beside the container's start
+        self._history: Future[History] = self._pool.submit(_after, host_work_after, history)  # beside the container's start
         self._thread = threading.Thread(target=self._prepare, name="airlock-startup", daemon=True)
         self._thread.start()
 
@@ -141,6 +145,11 @@ class Startup:
                 f"memory ({human_size(self.spec.memory)}, of which {human_size(PROCESS_MEMORY)} is kept for processes): "
                 "choose less history (--git-history recent or none) or raise --memory"
             )
+
+
+def _after(first: Callable[[], None], then: Callable[[], History]) -> History:
+    first()
+    return then()
 
 
 class _CopyProgress:

@@ -110,8 +110,9 @@ class DockerStream:
     """One attached exec. Docker multiplexes its stdout and stderr over one connection in frames; every
     read first waits on the connection with the time left, so a box that stops answering cannot block the host.
 
-    The engine does not end the stream of a process that died (killed for memory, say): while waiting,
-    the stream asks about once a second whether its process still runs, and ends itself when it does not."""
+    The engine does not end the stream of a process that died (killed for memory, say), nor does anything
+    read its input any more: while waiting to read or to send, the stream asks about once a second whether
+    its process still runs, and ends itself (or fails the send) when it does not."""
 
     def __init__(self, api: docker.APIClient, exec_id: str, connection: Any) -> None:
         self._api, self.exec_id = api, exec_id
@@ -122,7 +123,7 @@ class DockerStream:
         self.stderr_tail = b""
 
     def send(self, data: bytes) -> None:
-        self._pipe.send(data)
+        self._pipe.send(data, gone=self._process_gone, poll=PROCESS_POLL_S)
 
     def close_stdin(self) -> None:
         self._pipe.close_write()

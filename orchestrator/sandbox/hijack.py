@@ -4,7 +4,8 @@
 socket with TLS), a paramiko `Channel` over ssh, or, with the OpenSSH client, docker-py's `SSHSocket`, whose
 bytes really flow through an `ssh` process's stdin and stdout (its own recv blocks until it has all it asked
 for, so it cannot be used with a deadline). Each becomes a `Pipe` with the same four operations and a
-deadline on every wait. The HTTP response that preceded the hijack was read through a buffered file:
+deadline on every wait. A send that the box does not take asks, every `poll` seconds, whether its reader is
+gone (a process killed for memory leaves its stream open, unread), so that it fails then, not minutes later. The HTTP response that preceded the hijack was read through a buffered file:
 whatever that file read past the headers is the stream's first bytes, so it is taken first, never lost.
 """
 
@@ -16,10 +17,19 @@ import select
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 SEND_TIMEOUT_S = 120.0  # a box that stops reading its stdin cannot block the host forever
 _CHUNK = 65536
+
+
+def _never() -> bool:
+    return False
+
+
+def _reader_gone() -> BrokenPipeError:
+    return BrokenPipeError("the process reading the stream is gone")
 
 
 def _wait(fd: Any, deadline: float | None, *, write: bool = False) -> None:
@@ -38,8 +48,26 @@ class SocketPipe:
         self._sock, self._first = sock, first
         sock.settimeout(SEND_TIMEOUT_S)
 
-    def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+    def send(self, data: bytes, gone: Callable[[], bool] = _never, poll: float = SEND_TIMEOUT_S) -> None:
+        """All of `data`; BrokenPipeError once nothing was taken for `poll` seconds and `gone()`, TimeoutError
+        once nothing was taken for SEND_TIMEOUT_S. A socket's send either takes some bytes or times out
+        having taken none (an SSL socket's too, retried with the same bytes), so a send resumes where it was."""
+        view = memoryview(data)
+        stalled_since = time.monotonic()
+        self._sock.settimeout(min(poll, SEND_TIMEOUT_S))
+        try:
+            while view:
+                try:
+                    sent = self._sock.send(view[:_CHUNK])
+                except TimeoutError:
+                    if gone():
+                        raise _reader_gone() from None
+                    if time.monotonic() - stalled_since >= SEND_TIMEOUT_S:
+                        raise
+                    continue
+                view, stalled_since = view[sent:], time.monotonic()
+        finally:
+            self._sock.settimeout(SEND_TIMEOUT_S)
 
     def close_write(self) -> None:
         if isinstance(self._sock, socket.socket):
@@ -84,17 +112,22 @@ class ProcessPipe:
         self._in, self._out = proc.stdin.fileno(), proc.stdout.fileno()
         os.set_blocking(self._in, False)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, gone: Callable[[], bool] = _never, poll: float = SEND_TIMEOUT_S) -> None:
         if self._proc.stdin is None or self._proc.stdin.closed:
             raise BrokenPipeError("the stream's input is closed")
         view = memoryview(data)
-        deadline = time.monotonic() + SEND_TIMEOUT_S
+        stalled_since = time.monotonic()
         while view:
-            _wait(self._in, deadline, write=True)
             try:
-                view = view[os.write(self._in, view[:_CHUNK]) :]
+                _wait(self._in, min(stalled_since + SEND_TIMEOUT_S, time.monotonic() + poll), write=True)
+                view, stalled_since = view[os.write(self._in, view[:_CHUNK]) :], time.monotonic()
             except BlockingIOError:
                 continue
+            except TimeoutError:
+                if gone():
+                    raise _reader_gone() from None
+                if time.monotonic() - stalled_since >= SEND_TIMEOUT_S:
+                    raise
 
     def close_write(self) -> None:
         if self._proc.stdin is not None:

@@ -71,3 +71,38 @@ def test_the_ssh_clients_pipes_half_close_through_its_stdin() -> None:
     with pytest.raises(OSError):
         pipe.send(b"after the half-close")
     pipe.close()
+
+
+def test_a_send_nobody_reads_fails_once_the_reader_is_gone_and_resumes_while_it_lives() -> None:
+    """A tool server killed for memory leaves its stream open and unread: the send asks each `poll` whether
+    its reader is gone, and fails then, instead of waiting out SEND_TIMEOUT_S; a slow reader loses nothing."""
+    client, engine = socket.socketpair()
+    pipe = SocketPipe(client)
+    data = bytes(range(256)) * 16384  # 4 MiB: far more than the socket buffers hold
+    asked: list[float] = []
+
+    def gone() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) >= 3
+
+    started = time.monotonic()
+    with pytest.raises(BrokenPipeError):
+        pipe.send(data, gone=gone, poll=0.1)
+    assert len(asked) == 3 and time.monotonic() - started < 5
+
+    client2, engine2 = socket.socketpair()
+    pipe2 = SocketPipe(client2)
+    received = bytearray()
+
+    def slow_reader() -> None:
+        while len(received) < len(data):
+            time.sleep(0.05)  # slower than the poll: the send stalls and resumes many times
+            received.extend(engine2.recv(1 << 20))
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    pipe2.send(data, gone=lambda: False, poll=0.01)
+    reader.join(30)
+    assert bytes(received) == data
+    for sock in (client, engine, client2, engine2):
+        sock.close()

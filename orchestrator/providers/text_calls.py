@@ -5,7 +5,9 @@ training used, and a server whose chat template does not turn that into `tool_ca
 text. The forms found in the wild: a JSON object `{"name": TOOL, "arguments": {...}}` (or `parameters`,
 or an OpenAI-style `{"function": {...}}`), alone, in a list, in a ``` or ```json fence, inside
 `<tool_call>`, `<tools>` or `<function_call>` tags, after Mistral's `[TOOL_CALLS]` or Llama's
-`<|python_tag|>`; and Llama's `<function=TOOL>{...}</function>`.
+`<|python_tag|>`; Llama's `<function=TOOL>{...}</function>`; and tags all the way down,
+`<function><name>TOOL</name><arguments>{...}</arguments></function>` (seen from Qwen2.5-Coder-1.5B,
+inside `<tools>`).
 
 A JSON object counts as a call only when its name is an offered tool and its arguments are an object, so
 text that mentions a tool, or shows some other JSON, is not a call. A reply that looks like an attempt at
@@ -29,7 +31,10 @@ _WRAPPED = re.compile(
     r"|<(?P<tag>tool_call|tools|function_call|tool_calls)>(?P<tagged>.*?)(?:</(?P=tag)>|$)",
     re.DOTALL,
 )
-_LLAMA_FUNCTION = re.compile(r"<function=(?P<name>[\w.-]+)>(?P<args>.*?)</function>", re.DOTALL)
+_TAGGED_FUNCTIONS = (
+    re.compile(r"<function=(?P<name>[\w.-]+)>(?P<args>.*?)</function>", re.DOTALL),
+    re.compile(r"<function>\s*<name>\s*(?P<name>[\w.-]+)\s*</name>\s*<(?P<key>arguments|parameters)>(?P<args>.*?)</(?P=key)>\s*</function>", re.DOTALL),
+)
 _MARKERS = ("[TOOL_CALLS]", "<|python_tag|>")
 
 
@@ -44,7 +49,8 @@ def find_text_calls(text: str, tools: Collection[str]) -> TextCalls:
     """The tool calls written in `text`, or why what looks like one is not."""
     found = TextCalls(remaining=text)
     spans: list[tuple[int, int]] = []
-    for function in _LLAMA_FUNCTION.finditer(text):
+    functions = sorted((match for pattern in _TAGGED_FUNCTIONS for match in pattern.finditer(text)), key=lambda match: match.start())
+    for function in functions:
         arguments = _loads(function["args"].strip() or "{}")
         if function["name"] in tools and isinstance(arguments, dict):
             found.calls.append((function["name"], arguments))

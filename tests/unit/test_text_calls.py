@@ -25,6 +25,10 @@ PYTEST = {"command": "pytest calculator.py"}
         '<|python_tag|>{"name": "run_bash", "parameters": {"command": "pytest calculator.py"}}',  # Llama 3.x
         '{"type": "function", "function": {"name": "run_bash", "arguments": "{\\"command\\": \\"pytest calculator.py\\"}"}}',  # OpenAI's wire form
         '<function=run_bash>{"command": "pytest calculator.py"}</function>',  # Llama 3.1's custom form
+        # Qwen2.5-Coder-1.5B behind llama-server, in a `make test-local-model` run (its sample, verbatim but the command)
+        "<tools>\n  <function>\n    <name>run_bash</name>\n    <arguments>\n      {\n"
+        '        "command": "pytest calculator.py"\n      }\n    </arguments>\n  </function>\n</tools>',
+        '<function><name>run_bash</name><parameters>{"command": "pytest calculator.py"}</parameters></function>',
         '<tool_call>\n{"arguments": {"command": "pytest calculator.py"}, "name": "run_bash"}\n</tool_call>',
     ],
 )

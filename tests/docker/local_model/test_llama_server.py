@@ -164,9 +164,11 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
     result = Result(proc.returncode, proc.stdout, proc.stderr, out)
     server_log = llama_server["log"].read_text(errors="replace")[len(log_before) :]
 
-    # A valid, closed record and trajectory, a documented exit code, and no traceback anywhere.
+    # A valid, closed record and trajectory, a documented exit code, and no traceback of airlock's own (the
+    # output of a command or of the verify, quoted after "│", may well hold one: a failing assert's).
     record = RunRecord.model_validate(result.record)
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.lstrip().startswith("│")]
+    assert not [line for line in ours if "Traceback" in line], proc.stdout[-3000:] + proc.stderr[-3000:]
     assert record.status in EXIT_CODES and proc.returncode == record.exit_code, proc.stdout[-3000:]
     assert record.status not in ("model_error", "sandbox_error", "interrupted"), f"{record.status}: {record.error}"
     events = result.events()
@@ -176,12 +178,15 @@ def test_a_run_against_the_real_model_keeps_every_protocol_promise(name: str, ll
 
     # Tool calls were executed, whether the server returned them structured or the model wrote them as text. A
     # small model may also answer in prose alone (seen: "as an AI language model, I don't have access to the
-    # repository"): then the run ended at the model's own end of turn, with nothing left unrun.
+    # repository"): then the run ended at the model's own end of turn, with nothing left unrun; or twice in a row
+    # with a call that could not be read, which ends the run as stuck.
     calls = result.events("tool_call")
     responses = result.events("model_response")
     assert record.tool_calls == len(calls), proc.stdout[-3000:]
     if not calls:
-        assert record.status in ("completed", "verify_failed") and responses[-1]["stop_reason"] == "end_turn", proc.stdout[-3000:]
+        unreadable = any(event.get("rule") == "unreadable_calls" for event in record.policy_events)
+        assert record.status in ("completed", "verify_failed") or (record.status == "stuck" and unreadable), proc.stdout[-3000:]
+        assert responses[-1]["stop_reason"] == "end_turn", proc.stdout[-3000:]
     from_text = sum(call["id"].startswith("call_text_") for call in calls)
     notes = [note for response in responses for note in response["notes"]]
     assert all(note.startswith("tool call parsed from text") for note in notes), notes  # no parameter refused

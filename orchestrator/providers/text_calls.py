@@ -6,8 +6,8 @@ text. The forms found in the wild: a JSON object `{"name": TOOL, "arguments": {.
 or an OpenAI-style `{"function": {...}}`), alone, in a list, in a ``` or ```json fence, inside
 `<tool_call>`, `<tools>` or `<function_call>` tags, after Mistral's `[TOOL_CALLS]` or Llama's
 `<|python_tag|>`; Llama's `<function=TOOL>{...}</function>`; and tags all the way down,
-`<function><name>TOOL</name><arguments>{...}</arguments></function>` (seen from Qwen2.5-Coder-1.5B,
-inside `<tools>`).
+`<function><name>TOOL</name><arguments>{...}</arguments></function>` or with attributes,
+`<function name="TOOL" arguments='{...}'/>` (both seen from Qwen2.5-Coder-1.5B, inside `<tools>`).
 
 A JSON object counts as a call only when its name is an offered tool and its arguments are an object, so
 text that mentions a tool, or shows some other JSON, is not a call. A reply that looks like an attempt at
@@ -34,6 +34,7 @@ _WRAPPED = re.compile(
 _TAGGED_FUNCTIONS = (
     re.compile(r"<function=(?P<name>[\w.-]+)>(?P<args>.*?)</function>", re.DOTALL),
     re.compile(r"<function>\s*<name>\s*(?P<name>[\w.-]+)\s*</name>\s*<(?P<key>arguments|parameters)>(?P<args>.*?)</(?P=key)>\s*</function>", re.DOTALL),
+    re.compile(r"<function\s+name=(?P<q1>[\"'])(?P<name>[\w.-]+)(?P=q1)\s+(?:arguments|parameters)=(?P<q2>[\"'])(?P<args>.*?)(?P=q2)\s*/?>", re.DOTALL),
 )
 _MARKERS = ("[TOOL_CALLS]", "<|python_tag|>")
 

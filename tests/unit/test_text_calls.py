@@ -29,6 +29,7 @@ PYTEST = {"command": "pytest calculator.py"}
         "<tools>\n  <function>\n    <name>run_bash</name>\n    <arguments>\n      {\n"
         '        "command": "pytest calculator.py"\n      }\n    </arguments>\n  </function>\n</tools>',
         '<function><name>run_bash</name><parameters>{"command": "pytest calculator.py"}</parameters></function>',
+        '<tools>\n  <function name="run_bash" arguments=\'{"command": "pytest calculator.py"}\'/>\n</tools>',  # the same model, another run
         '<tool_call>\n{"arguments": {"command": "pytest calculator.py"}, "name": "run_bash"}\n</tool_call>',
     ],
 )

@@ -65,7 +65,9 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     command = [str(root / "bin" / "llama-server"), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     # One thread: on a shared 2-core machine, two threads that wait for each other at every step of a matrix
     # product crawl (measured: 0.3 tokens/s under load, against 29 idle). --timeout: a slow reply is not a dead one.
-    command += ["-c", str(CONTEXT), "-np", "1", "-t", "1", "--timeout", str(RUN_TIMEOUT_S), "--jinja"]
+    # --temp 0: the same replies every run, so a run's result is the model's and airlock's, not the dice's (at the
+    # default 0.8, the same four tasks made 8 tool calls in one run and none in the next).
+    command += ["-c", str(CONTEXT), "-np", "1", "-t", "1", "--timeout", str(RUN_TIMEOUT_S), "--jinja", "--temp", "0"]
     with log.open("wb") as sink:
         server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -28,8 +28,12 @@ def _never() -> bool:
     return False
 
 
-def _reader_gone() -> BrokenPipeError:
-    return BrokenPipeError("the process reading the stream is gone")
+def _check_stall(gone: Callable[[], bool], stalled_since: float) -> None:
+    """After a wait in which the box took nothing: fail if its reader is gone, or if it took nothing for SEND_TIMEOUT_S."""
+    if gone():
+        raise BrokenPipeError("the process reading the stream is gone") from None
+    if time.monotonic() - stalled_since >= SEND_TIMEOUT_S:
+        raise TimeoutError(f"the sandbox took no input for {SEND_TIMEOUT_S:.0f} s") from None
 
 
 def _wait(fd: Any, deadline: float | None, *, write: bool = False) -> None:
@@ -60,10 +64,7 @@ class SocketPipe:
                 try:
                     sent = self._sock.send(view[:_CHUNK])
                 except TimeoutError:
-                    if gone():
-                        raise _reader_gone() from None
-                    if time.monotonic() - stalled_since >= SEND_TIMEOUT_S:
-                        raise
+                    _check_stall(gone, stalled_since)
                     continue
                 view, stalled_since = view[sent:], time.monotonic()
         finally:
@@ -124,10 +125,7 @@ class ProcessPipe:
             except BlockingIOError:
                 continue
             except TimeoutError:
-                if gone():
-                    raise _reader_gone() from None
-                if time.monotonic() - stalled_since >= SEND_TIMEOUT_S:
-                    raise
+                _check_stall(gone, stalled_since)
 
     def close_write(self) -> None:
         if self._proc.stdin is not None:

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 
-def build_wheel(folder: Path, name: str, version: str, module_source: str) -> Path:
-    """A pure-Python wheel holding one module named like the project (dashes become underscores)."""
+def build_wheel(folder: Path, name: str, version: str, module_source: str, entry_points: str = "") -> Path:
+    """A pure-Python wheel holding one module named like the project (dashes become underscores), with
+    `entry_points` as its entry_points.txt when given."""
     module = name.replace("-", "_")
     dist_info = f"{module}-{version}.dist-info"
     files = {
         f"{module}.py": module_source.encode(),
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: airlock-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        **({f"{dist_info}/entry_points.txt": entry_points.encode()} if entry_points else {}),
     }
     record = "".join(
         f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n" for path, data in files.items()

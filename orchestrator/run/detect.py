@@ -1,4 +1,4 @@
-"""`--setup auto`: what a repo's own files say it needs installed, and which files an environment depends on.
+"""`--setup auto`: what a repo's own files say it needs installed.
 
 Only plain reads of a few named files at the repo's root (no git, no code of the repo runs here); a symlink
 or a hidden file is never read. Python: a virtualenv first on PATH (so the agent's `python3`, `pip` and
@@ -8,7 +8,6 @@ extras. Node: `npm ci` for a package-lock.json, yarn or pnpm (through npx) for t
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,18 +16,14 @@ from pathlib import Path
 import tomllib
 
 from orchestrator.globs import path_matches
+from orchestrator.run.setup_inputs import NODE_FILES, PYTHON_LOCKS, PYTHON_PROJECT, REQUIREMENTS, read_inside, root_files
 from orchestrator.sandbox.spec import VENV
 
 # Always first: airlock's virtualenv, which sees the image's packages (pytest) beneath the project's own.
 VENV_COMMAND = f"python3 -m venv --system-site-packages {VENV}"
 # For a project `auto` finds no Python in: no pip to install (seconds and megabytes saved).
 VENV_WITHOUT_PIP = f"{VENV_COMMAND} --without-pip"
-PYTHON_PROJECT = ("pyproject.toml", "setup.py", "setup.cfg")
-PYTHON_LOCKS = ("uv.lock", "poetry.lock", "Pipfile.lock")
-NODE_FILES = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
-REQUIREMENTS = re.compile(r"^(.*[-_.])?requirements([-_.].*)?\.txt$")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
-MAX_KEY_FILE_BYTES = 32 * 1024**2
 
 
 @dataclass
@@ -36,29 +31,7 @@ class Detected:
     commands: list[str] = field(default_factory=list)  # without VENV_COMMAND
     ecosystems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was found and what was done about it, one line each
-
-
-def _read(repo: Path, name: str, hidden: Sequence[str]) -> bytes | None:
-    """A regular file at the repo's root (never through a symlink, never a hidden one), or None."""
-    if path_matches(name, hidden):
-        return None
-    try:
-        st = os.lstat(repo / name)
-    except OSError:
-        return None
-    if not (st.st_mode & 0o170000 == 0o100000) or st.st_size > MAX_KEY_FILE_BYTES:
-        return None
-    try:
-        return (repo / name).read_bytes()
-    except OSError:
-        return None
-
-
-def _root_files(repo: Path) -> list[str]:
-    try:
-        return sorted(entry.name for entry in os.scandir(repo) if entry.is_file(follow_symlinks=False))
-    except OSError:
-        return []
+    whole_repo: str | None = None  # why these commands need every file of the repo (see orchestrator.run.setup_inputs)
 
 
 def _test_extras(pyproject: bytes | None, setup_cfg: bytes | None) -> list[str]:
@@ -78,7 +51,7 @@ def _test_extras(pyproject: bytes | None, setup_cfg: bytes | None) -> list[str]:
 
 def detect(repo: Path, hidden: Sequence[str] = ()) -> Detected:
     found = Detected()
-    files = [name for name in _root_files(repo) if not path_matches(name, hidden)]
+    files = [name for name in root_files(repo) if not path_matches(name, hidden)]
     requirements = [name for name in files if REQUIREMENTS.match(name)]
     project = [name for name in PYTHON_PROJECT if name in files]
     if requirements or project:
@@ -86,9 +59,10 @@ def detect(repo: Path, hidden: Sequence[str] = ()) -> Detected:
         for name in requirements:
             found.commands.append(f"pip install -r {name}")
         if project:
-            extras = _test_extras(_read(repo, "pyproject.toml", hidden), _read(repo, "setup.cfg", hidden))
+            extras = _test_extras(read_inside(repo, "pyproject.toml", hidden), read_inside(repo, "setup.cfg", hidden))
             target = f"'.[{','.join(extras)}]'" if extras else "."
             found.commands.append(f"pip install -e {target}")
+            found.whole_repo = f"the project itself is installed ({', '.join(project)}): its build reads and runs the repo's files"
             found.notes.append(f"python: {', '.join(project)}: the project installed editable" + (f" with extras {', '.join(extras)}" if extras else ""))
         if requirements:
             found.notes.append(f"python: {', '.join(requirements)} installed")
@@ -108,18 +82,3 @@ def detect(repo: Path, hidden: Sequence[str] = ()) -> Detected:
         found.commands.append(command)
         found.notes.append(f"node: {', '.join(node)}: {command}")
     return found
-
-
-def key_files(repo: Path, patterns: Sequence[str], hidden: Sequence[str] = ()) -> dict[str, bytes]:
-    """The files an environment depends on: every manifest and lock file above at the root, and the repo
-    files matching the policy's `files` patterns; by repo-relative path."""
-    names = [name for name in _root_files(repo) if name in (*PYTHON_PROJECT, *PYTHON_LOCKS, *NODE_FILES, "Pipfile") or REQUIREMENTS.match(name)]
-    found = {name: data for name in names if (data := _read(repo, name, hidden)) is not None}
-    if patterns:
-        for folder, dirs, files in os.walk(repo):
-            dirs[:] = sorted(d for d in dirs if d != ".git")
-            for name in files:
-                rel = Path(folder, name).relative_to(repo).as_posix()
-                if path_matches(rel, patterns) and (data := _read(repo, rel, hidden)) is not None:
-                    found[rel] = data
-    return dict(sorted(found.items()))

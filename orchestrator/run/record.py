@@ -71,6 +71,9 @@ class SetupRecord(BaseModel):
     ecosystems: list[str] = Field(default_factory=list)
     key: str | None = None
     key_files: list[str] = Field(default_factory=list)
+    # What the setup sandbox got: `mode` "manifests" (the key files only) or "repo" (every file, `why`), `files`
+    # copied in, and `repo_code`: why the repo's own code may run in the build (the key then names the repo).
+    inputs: dict[str, Any] | None = None
     image: str | None = None  # the environment image the agent and verify start from
     cache: Literal["hit", "build"] | None = None
     duration_s: float | None = None

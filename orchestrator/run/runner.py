@@ -163,7 +163,7 @@ class Run:
             return True
         phase = SetupPhase(
             self.backend, self.spec, config.policy.setup, config.repo, list(config.policy.paths.hidden), config.out, self.trace,
-            self._copy_repo, config.setup_secrets, rebuild=config.rebuild_env, finishing=lambda: interrupts_deferred(self.console),
+            self._copy_repo, self.scan, config.setup_secrets, rebuild=config.rebuild_env, finishing=lambda: interrupts_deferred(self.console),
         )  # fmt: skip
         self.record.setup = phase.record
         try:

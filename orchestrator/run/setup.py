@@ -1,11 +1,13 @@
 """The setup phase: install the project's dependencies once, with egress to an allowlist only, and keep the
 result as an environment image that the agent and verify sandboxes start from, network-less as ever.
 
-The environment is found by a key: a hash of the base image's id, the setup commands, the contents of the
-files they depend on (manifests, lock files, the policy's `files`) and the allowlist. With an image for the
-key there is no setup and no network at all. Otherwise a setup sandbox is started under a name derived from
-the key, so two airlock processes never build the same environment at once: the second waits for the
-first's image (or, if the first died, removes its stopped sandbox and builds).
+The environment is found by a key that covers everything its build could read (orchestrator.run.setup_inputs):
+the base image's id, the setup commands, the allowlist and the key files, which are all the setup sandbox
+gets when the setup can run from them alone; when it needs the whole repo, a digest of every file copied
+in and the repo's path too. With an image for the key there is no setup and no network at all. Otherwise a
+setup sandbox is started under a name derived from the key, so two airlock processes never build the same
+environment at once: the second waits for the first's image (or, if the first died, removes its stopped
+sandbox and builds).
 
 Secrets (`--setup-secret-env`) reach the setup commands' processes only: they travel on the setup tool's
 stdin, are replaced by *** in every log, and an environment that holds one is refused.
@@ -26,19 +28,21 @@ from typing import Any
 
 from orchestrator.errors import AirlockError, UsageError
 from orchestrator.policy.model import AUTO_SETUP, SetupPolicy
-from orchestrator.run.detect import VENV_COMMAND, VENV_WITHOUT_PIP, detect, key_files
+from orchestrator.run.detect import VENV_COMMAND, VENV_WITHOUT_PIP, detect
 from orchestrator.run.record import SetupRecord
+from orchestrator.run.setup_inputs import SetupInputs, UnsafeReference, gather, tree_digest
 from orchestrator.run.trace import Trace
 from orchestrator.sandbox.base import Backend, Environment, NameInUse
 from orchestrator.sandbox.driver import Sandbox
 from orchestrator.sandbox.egress import EgressRequest, normalise_hosts, parse_log, summarise
 from orchestrator.sandbox.env_archive import UnsafeEnvironment
+from orchestrator.sandbox.repo_tar import RepoScan
 from orchestrator.sandbox.spec import SandboxSpec
 
 SETUP_LOG = "setup.log"
 TAIL_CHARS = 4000
 MAX_LOG_BYTES = 32 * 1024**2
-KEY_VERSION = b"airlock-env/v1"
+KEY_VERSION = b"airlock-env/v2"
 WAIT_POLL_S = 2.0
 CA_PATH = "/var/lib/airlock/setup-ca.pem"  # the state tmpfs: never part of the environment
 CA_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "npm_config_cafile")
@@ -49,9 +53,13 @@ class SetupFailed(AirlockError):
     """The setup commands failed, timed out or made an environment that cannot be kept (status setup_failed)."""
 
 
-def environment_key(base_image_id: str, commands: list[str], files: dict[str, bytes], allow_hosts: tuple[str, ...]) -> str:
+def environment_key(
+    base_image_id: str, commands: list[str], files: dict[str, bytes], allow_hosts: tuple[str, ...], *, tree: str | None = None, repo: str | None = None
+) -> str:
+    """`tree`: the digest of every file copied in, when the setup gets the whole repo; `repo`: the repo's path,
+    when its own code may run during the build (the environment is then this repo's alone)."""
     digest = hashlib.sha256(KEY_VERSION + b"\0" + base_image_id.encode())
-    digest.update(json.dumps({"commands": commands, "allow_hosts": list(allow_hosts)}).encode())
+    digest.update(json.dumps({"commands": commands, "allow_hosts": list(allow_hosts), "tree": tree, "repo": repo}).encode())
     for path, data in sorted(files.items()):
         digest.update(b"\0" + path.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()
@@ -154,6 +162,7 @@ class SetupPhase:
     out: Path
     trace: Trace
     copy_repo: Callable[[Sandbox], object]
+    scan: RepoScan  # what copy_repo sends
     secrets: dict[str, str]
     rebuild: bool = False
     # Wraps the removal of the setup sandbox (the runner defers Ctrl-C there, as for the agent's).
@@ -171,9 +180,10 @@ class SetupPhase:
         finally:
             self.record.duration_s = round(time.monotonic() - started, 2)
 
-    def _commands(self) -> list[str] | None:
+    def _commands(self) -> tuple[list[str], str | None] | None:
+        """The commands to run, and why they need the whole repo (None: the key files are enough)."""
         if self.setup.commands != [AUTO_SETUP]:
-            return [VENV_COMMAND, *self.setup.commands]
+            return [VENV_COMMAND, *self.setup.commands], "setup commands given by hand may read any file of the repo"
         found = detect(self.repo, self.hidden)
         self.record.detected, self.record.ecosystems = found.notes, found.ecosystems
         for note in found.notes:
@@ -181,17 +191,33 @@ class SetupPhase:
         if not found.commands:
             self.trace.note("setup auto: nothing to install found (no pyproject.toml, setup.py, requirements*.txt or package.json at the root)")
             return None
-        return [VENV_COMMAND if "python" in found.ecosystems else VENV_WITHOUT_PIP, *found.commands]
+        return [VENV_COMMAND if "python" in found.ecosystems else VENV_WITHOUT_PIP, *found.commands], found.whole_repo
+
+    def _inputs(self, whole_repo: str | None) -> SetupInputs:
+        try:
+            inputs = gather(self.repo, self.setup.files, self.hidden, whole_repo=whole_repo)
+        except UnsafeReference as exc:
+            raise SetupFailed(str(exc)) from None
+        self.record.key_files = list(inputs.files)
+        self.record.inputs = inputs.record(self.scan.stats.files)
+        if inputs.whole_repo:
+            self.trace.note(f"setup: the environment is keyed by every file of the repo, and by the repo, since {inputs.whole_repo}")
+        elif inputs.repo_code:
+            self.trace.note(f"setup: the environment is this repo's alone, since {inputs.repo_code}")
+        return inputs
 
     def _run(self) -> Environment | None:
-        commands = self._commands()
-        if commands is None:
+        found = self._commands()
+        if found is None:
             return None
+        commands, whole_repo = found
         self.record.commands = commands
+        inputs = self._inputs(whole_repo)
         store = self.backend.environments()
-        files = key_files(self.repo, self.setup.files, self.hidden)
-        self.record.key_files = list(files)
-        key = environment_key(store.image_id(self.spec.image), commands, files, tuple(self.record.allow_hosts))
+        key = environment_key(
+            store.image_id(self.spec.image), commands, inputs.files, tuple(self.record.allow_hosts),
+            tree=tree_digest(self.scan) if inputs.whole_repo else None, repo=str(self.repo.resolve()) if inputs.repo_code else None,
+        )  # fmt: skip
         self.record.key = key
         rebuild = self.rebuild
         give_up = time.monotonic() + self.setup.timeout + 300
@@ -204,7 +230,7 @@ class SetupPhase:
                 touch_used(key)
                 return env
             try:
-                env = self._build(key, commands)
+                env = self._build(key, commands, inputs)
             except NameInUse:
                 if time.monotonic() > give_up:
                     raise SetupFailed("gave up waiting for another airlock process building the same environment") from None
@@ -219,7 +245,7 @@ class SetupPhase:
             touch_used(key)
             return env
 
-    def _build(self, key: str, commands: list[str]) -> Environment:
+    def _build(self, key: str, commands: list[str], inputs: SetupInputs) -> Environment:
         setup = self.setup
         spec = replace(
             self.spec, egress=normalise_hosts(setup.allow_hosts), env_disk=setup.disk, memory=setup.memory, environment=False,
@@ -231,7 +257,13 @@ class SetupPhase:
         sandbox: Sandbox | None = None
         try:
             sandbox = Sandbox(self.backend.start(spec), spec)
-            self.copy_repo(sandbox)
+            if inputs.whole_repo:
+                self.copy_repo(sandbox)
+            else:  # manifest-first: nothing else of the repo is there for the install's code to read
+                sandbox.copy_files(inputs.files)
+                names = list(inputs.files)
+                shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+                self.trace.note(f"setup: the setup sandbox holds only the files of the key: {shown or 'none'}")
             sandbox.install_tools()
             env_vars = dict(self.secrets)
             if self.ca_bundle is not None:

@@ -70,6 +70,13 @@ class Sandbox:
         self.exec(UNTAR, feed_stdin=lambda send: stats.append(self._repo_tar(scan, send, extra, progress)), timeout=PREPARE_TIMEOUT_S)
         return stats[0]
 
+    def copy_files(self, files: dict[str, bytes]) -> None:
+        """Only these files (by repo-relative path) into the workspace, with exactly these bytes."""
+        workspace = self.layout.workspace
+        extra = {f"{workspace}/{rel}": data for rel, data in files.items()}
+        nothing = RepoScan(Path(workspace), [], CopyStats())
+        self.exec(UNTAR, feed_stdin=lambda send: self._repo_tar(nothing, send, extra, None), timeout=PREPARE_TIMEOUT_S)
+
     def install_tools(self) -> None:
         if self.box.has_tools:
             return

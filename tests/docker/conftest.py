@@ -4,6 +4,7 @@ check that every test leaves no sandbox behind (found by this session's owner la
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import docker
 import pytest
 from helpers import SESSION_OWNER, Result, airlock, airlock_env
+from package_index import PackageIndex, build_wheel
 
 from orchestrator.providers.scripted import ScriptedModelServer, Turn
 from orchestrator.sandbox.docker_egress import NETWORK_LABEL
@@ -96,3 +98,31 @@ def run_scripted(tmp_path: Path):
         return Result(proc.returncode, proc.stdout, proc.stderr, out), api
 
     return run
+
+
+# The setup tests' hermetic package index, on the host's address on Docker's default bridge, reachable only through the egress proxy.
+
+
+@pytest.fixture(scope="module")
+def bridge_host() -> str:
+    """The host's address on Docker's default bridge: where the egress proxy finds the test's index."""
+    config = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheels"), "airlock-testdep", "1.0", "def answer():\n    return 42\n")
+
+
+@pytest.fixture(scope="module")
+def index(bridge_host: str, wheel: Path) -> Iterator[PackageIndex]:
+    with PackageIndex(bridge_host, [wheel]) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory, bridge_host: str) -> Path:
+    path = tmp_path_factory.mktemp("policy") / "setup.toml"
+    path.write_text(f'[setup]\nallow_hosts = ["{bridge_host}"]\ntimeout = 120\n')
+    return path

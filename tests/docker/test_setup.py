@@ -4,20 +4,16 @@ registries, a real project) is in test_setup_registries.py."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker
-import pytest
 from helpers import airlock, airlock_env
-from package_index import PackageIndex, build_wheel
+from package_index import PackageIndex
 
 from orchestrator.providers.scripted import reply, text, tool_use
 from orchestrator.run.setup import usage_dir
@@ -46,31 +42,6 @@ except OSError:
 print("proxy:", os.environ["HTTPS_PROXY"])
 urllib.request.urlopen("http://example.org/", timeout=10)
 """
-
-
-@pytest.fixture(scope="module")
-def bridge_host() -> str:
-    """The host's address on Docker's default bridge: where the egress proxy finds the test's index."""
-    config = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]
-    return config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheel(tmp_path_factory.mktemp("wheels"), "airlock-testdep", "1.0", "def answer():\n    return 42\n")
-
-
-@pytest.fixture(scope="module")
-def index(bridge_host: str, wheel: Path) -> Iterator[PackageIndex]:
-    with PackageIndex(bridge_host, [wheel]) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory, bridge_host: str) -> Path:
-    path = tmp_path_factory.mktemp("policy") / "setup.toml"
-    path.write_text(f'[setup]\nallow_hosts = ["{bridge_host}"]\ntimeout = 120\n')
-    return path
 
 
 def dependent_repo(folder: Path, index_url: str, host: str) -> Path:

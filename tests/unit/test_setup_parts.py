@@ -16,9 +16,10 @@ from helpers import PROJECT
 from orchestrator.batch.tasks import Defaults, load_tasks
 from orchestrator.errors import UsageError
 from orchestrator.policy.model import PolicyError, load_policy
-from orchestrator.run.detect import detect, key_files
+from orchestrator.run.detect import detect
 from orchestrator.run.environments import parse_age
 from orchestrator.run.setup import environment_key
+from orchestrator.run.setup_inputs import gather
 from orchestrator.sandbox.egress import check_host, covers, normalise_hosts, parse_log, squid_config, summarise
 from orchestrator.sandbox.env_archive import EXCLUDE, UnsafeEnvironment, copy_checked, gitignore_line, in_repo
 
@@ -74,9 +75,9 @@ def test_key_files_are_plain_root_manifests_never_symlinks_or_hidden(tmp_path: P
     (tmp_path / "package-lock.json").symlink_to("/etc/hostname")
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "deps.txt").write_text("b\n")
-    assert list(key_files(tmp_path, [])) == ["requirements.txt"]
-    assert list(key_files(tmp_path, ["extra/*.txt"])) == ["extra/deps.txt", "requirements.txt"]
-    assert list(key_files(tmp_path, [], hidden=["requirements.txt"])) == []
+    assert list(gather(tmp_path, []).files) == ["requirements.txt"]
+    assert list(gather(tmp_path, ["extra/*.txt"]).files) == ["extra/deps.txt", "requirements.txt"]
+    assert list(gather(tmp_path, [], hidden=["requirements.txt"]).files) == []
 
 
 def test_the_environment_key_changes_with_each_input() -> None:
@@ -88,8 +89,11 @@ def test_the_environment_key_changes_with_each_input() -> None:
         environment_key("sha256:a", ["pip install ."], {"pyproject.toml": b"y"}, ("pypi.org",)),
         environment_key("sha256:a", ["pip install ."], {"setup.py": b"x"}, ("pypi.org",)),
         environment_key("sha256:a", ["pip install ."], {"pyproject.toml": b"x"}, ("pypi.org", "corp.example")),
+        environment_key("sha256:a", ["pip install ."], {"pyproject.toml": b"x"}, ("pypi.org",), tree="t1"),
+        environment_key("sha256:a", ["pip install ."], {"pyproject.toml": b"x"}, ("pypi.org",), tree="t2"),
+        environment_key("sha256:a", ["pip install ."], {"pyproject.toml": b"x"}, ("pypi.org",), repo="/src/a"),
     ]
-    assert len({base, *others}) == 6
+    assert len({base, *others}) == 9
 
 
 def _archive(members: list[tuple[tarfile.TarInfo, bytes]]) -> io.BytesIO:

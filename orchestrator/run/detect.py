@@ -8,7 +8,9 @@ extras. Node: `npm ci` for a package-lock.json, yarn or pnpm (through npx) for t
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,18 @@ import tomllib
 
 from orchestrator.globs import path_matches
 from orchestrator.run.setup_inputs import NODE_FILES, PYTHON_LOCKS, PYTHON_PROJECT, REQUIREMENTS, read_inside, root_files
-from orchestrator.sandbox.spec import VENV
+from orchestrator.sandbox.spec import PROJECT_MARKER, PROJECT_PREFIX, VENV
 
 # Always first: airlock's virtualenv, which sees the image's packages (pytest) beneath the project's own.
 VENV_COMMAND = f"python3 -m venv --system-site-packages {VENV}"
 # For a project `auto` finds no Python in: no pip to install (seconds and megabytes saved).
 VENV_WITHOUT_PIP = f"{VENV_COMMAND} --without-pip"
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
+# Marks an environment whose project is installed editable in each sandbox (see Sandbox.restore_environment_files),
+# and hooks the folder that install writes to into the virtualenv's site-packages.
+_PTH = f'import site, sys; site.addsitedir("{PROJECT_PREFIX}/lib/python%d.%d/site-packages" % sys.version_info[:2])\n'
+_WRITE_PTH = f'import sysconfig; open(sysconfig.get_path("purelib") + "/airlock-project.pth", "w").write({json.dumps(_PTH)})'
+EDITABLE_LATER = f"touch {PROJECT_MARKER} && python3 -c {shlex.quote(_WRITE_PTH)}"
 
 
 @dataclass
@@ -49,6 +56,48 @@ def _test_extras(pyproject: bytes | None, setup_cfg: bytes | None) -> list[str]:
     return [extra for extra in TEST_EXTRAS if extra in extras]
 
 
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[([^\]]*)\])?")
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def static_requirements(pyproject: bytes | None, extras: Sequence[str]) -> list[str] | None:
+    """Everything the project needs before it can be installed editable with no network: its build
+    requirements, dependencies and those of `extras` (its own extras named inside them expanded), all from
+    pyproject.toml's static metadata; None when they are not all static there (then only the project's
+    own build can say, and that needs the whole repo)."""
+    try:
+        data = tomllib.loads((pyproject or b"").decode("utf-8", "replace"))
+    except tomllib.TOMLDecodeError:
+        return None
+    project, build = data.get("project"), data.get("build-system", {})
+    if not isinstance(project, dict) or not isinstance(project.get("name"), str) or not isinstance(build, dict):
+        return None
+    dynamic = project.get("dynamic", [])
+    if not isinstance(dynamic, list) or {"dependencies", "optional-dependencies"} & set(dynamic):
+        return None
+    requires, dependencies, optional = build.get("requires", ["setuptools>=64"]), project.get("dependencies", []), project.get("optional-dependencies", {})
+    if not isinstance(requires, list) or not isinstance(dependencies, list) or not isinstance(optional, dict):
+        return None
+    found: list[str] = [str(item) for item in requires]
+    if str(build.get("build-backend", "setuptools")).startswith("setuptools"):
+        found.append("wheel")  # what setuptools' get_requires_for_build_editable adds before 70.1 (bdist_wheel)
+    pending, seen = [*dependencies, *(item for extra in extras for item in optional.get(extra, []))], set(extras)
+    while pending:
+        item = str(pending.pop(0))
+        match = _NAME.match(item)
+        if match and _normal(match.group(1)) == _normal(project["name"]):  # "myproject[other]": its own extras, not the index's
+            for extra in (e.strip() for e in (match.group(3) or "").split(",") if e.strip()):
+                if extra not in seen and isinstance(optional.get(extra), list):
+                    seen.add(extra)
+                    pending += optional[extra]
+        elif item not in found:
+            found.append(item)
+    return found
+
+
 def detect(repo: Path, hidden: Sequence[str] = ()) -> Detected:
     found = Detected()
     files = [name for name in root_files(repo) if not path_matches(name, hidden)]
@@ -59,11 +108,21 @@ def detect(repo: Path, hidden: Sequence[str] = ()) -> Detected:
         for name in requirements:
             found.commands.append(f"pip install -r {name}")
         if project:
-            extras = _test_extras(read_inside(repo, "pyproject.toml", hidden), read_inside(repo, "setup.cfg", hidden))
-            target = f"'.[{','.join(extras)}]'" if extras else "."
-            found.commands.append(f"pip install -e {target}")
-            found.whole_repo = f"the project itself is installed ({', '.join(project)}): its build reads and runs the repo's files"
-            found.notes.append(f"python: {', '.join(project)}: the project installed editable" + (f" with extras {', '.join(extras)}" if extras else ""))
+            pyproject = read_inside(repo, "pyproject.toml", hidden)
+            extras = _test_extras(pyproject, read_inside(repo, "setup.cfg", hidden))
+            with_extras = f" with extras {', '.join(extras)}" if extras else ""
+            needs = static_requirements(pyproject, extras) if project == ["pyproject.toml"] else None
+            if needs is not None:  # manifests first: the dependencies now, the project itself in each sandbox, offline
+                found.commands.append(EDITABLE_LATER)
+                if needs:
+                    found.commands.append(f"pip install {' '.join(shlex.quote(item) for item in needs)}")
+                found.notes.append(f"python: pyproject.toml: its build requirements and dependencies{with_extras} installed from its static metadata; "
+                                   "the project itself installed editable, without network, in each sandbox")  # fmt: skip
+            else:
+                target = f"'.[{','.join(extras)}]'" if extras else "."
+                found.commands.append(f"pip install -e {target}")
+                found.whole_repo = f"the project itself is installed ({', '.join(project)}): its build reads and runs the repo's files"
+                found.notes.append(f"python: {', '.join(project)}: the project installed editable{with_extras}")
         if requirements:
             found.notes.append(f"python: {', '.join(requirements)} installed")
         for lock in (name for name in PYTHON_LOCKS if name in files):

@@ -126,6 +126,8 @@ class Startup:
                 self.scan, extra=git_files(history, layout), objects_from=objects, progress=copying.update, sent=sent
             )
             self.trajectory.write("phase", phase="tool_server_ready", duration_s=round(time.monotonic() - started, 3))
+            if self.sandbox.editable_failed:
+                self.trace.note("setup: the project could not be installed editable in the sandbox (offline); importing it may fail")
         except BaseException as exc:  # handed to whoever waits: the agent's first tool call, or the runner
             self._error = exc
         finally:

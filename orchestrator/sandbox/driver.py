@@ -23,13 +23,14 @@ from orchestrator.sandbox.base import ROOT_USER, Box, Stream
 from orchestrator.sandbox.channel import ExecResult, Feed, ToolChannel, run_command
 from orchestrator.sandbox.env_archive import PackStats, StreamFile, copy_checked, in_repo
 from orchestrator.sandbox.repo_tar import CopyStats, Extra, Progress, RepoScan, write_tar
-from orchestrator.sandbox.spec import ENV_EXCLUDE, ENV_ROOT, ENV_WORKSPACE, SandboxSpec
+from orchestrator.sandbox.spec import ENV_EXCLUDE, ENV_ROOT, ENV_WORKSPACE, PROJECT_MARKER, PROJECT_PREFIX, VENV, SandboxSpec
 
 # -S: no site-packages, so a virtualenv first on PATH (a setup phase's) cannot load code into airlock's tools.
 PYTHON = ["python3", "-E", "-s", "-S", "-B"]
 DOES_NOT_APPLY = "baseline apply: the patch does not apply: "  # baseline.py's words for a patch at fault
 # Unpacking a big repo and recording its baseline can take minutes on a slow disk or a busy machine.
 PREPARE_TIMEOUT_S = 600.0
+EDITABLE_FAILED = "airlock: the project could not be installed editable"  # said on stderr by _restore_environment
 UNTAR = ["tar", "-x", "--no-same-owner", "-f", "-", "-C", "/"]  # member names carry their absolute folder
 
 
@@ -53,6 +54,7 @@ class Sandbox:
         self.spec = spec
         self.layout = box.layout
         self.ready = False  # the baseline is recorded, so a patch can be exported
+        self.editable_failed = False  # the project's offline editable install failed at the start
 
     def exec(self, cmd: list[str], *, user: str | None = None, feed_stdin: Feed | None = None, timeout: float = 300.0) -> ExecResult:
         """Run one command to its end; SandboxError if it fails, with the last line of its stderr."""
@@ -90,7 +92,14 @@ class Sandbox:
             self.exec(["sh", "-c", self._restore_environment()])
 
     def _restore_environment(self) -> str:
-        return f"if [ -d {ENV_WORKSPACE} ]; then cp -a --no-preserve=ownership {ENV_WORKSPACE}/. {self.layout.workspace}/; fi"
+        """Copy the setup's files back, then install the project editable when the environment says so (offline:
+        its dependencies and build backend are in the environment; a failure is said, and the sandbox goes on)."""
+        workspace = self.layout.workspace
+        install = shlex.join([f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--prefix", PROJECT_PREFIX, "-e", "."])  # fmt: skip
+        return (
+            f"if [ -d {ENV_WORKSPACE} ]; then cp -a --no-preserve=ownership {ENV_WORKSPACE}/. {workspace}/; fi; "
+            f"if [ -f {PROJECT_MARKER} ]; then (cd {workspace} && {install}) >&2 || echo {shlex.quote(EDITABLE_FAILED)} >&2; fi"
+        )
 
     def _environment_tool(self, command: str) -> list[str]:
         layout = self.layout
@@ -171,6 +180,7 @@ class Sandbox:
             self.ready = b'{"files":' in stream.stderr_tail
             raise
         self.ready = True
+        self.editable_failed = EDITABLE_FAILED.encode() in stream.stderr_tail
         return stats, channel
 
     def _repo_tar(self, scan: RepoScan, send: Callable[[bytes], None], extra: Extra | None, progress: Progress | None) -> CopyStats:

@@ -43,7 +43,11 @@ ENV_ROOT = "/opt/airlock-env"
 VENV = f"{ENV_ROOT}/venv"
 ENV_WORKSPACE = f"{ENV_ROOT}/workspace"
 ENV_EXCLUDE = f"{ENV_ROOT}/workspace.exclude"  # gitignore lines naming those files: never part of the patch
-ENVIRONMENT_PATH = f"{VENV}/bin:/workspace/node_modules/.bin:{SANDBOX_ENV['PATH']}"
+# A project whose dependencies came from its manifests alone is installed editable in each sandbox, with no
+# network, under PROJECT_PREFIX (the sandbox user's home), which a .pth in the virtualenv adds to its path.
+PROJECT_MARKER = f"{ENV_ROOT}/project-editable"
+PROJECT_PREFIX = "/home/airlock/.airlock-project"
+ENVIRONMENT_PATH = f"{VENV}/bin:{PROJECT_PREFIX}/bin:/workspace/node_modules/.bin:{SANDBOX_ENV['PATH']}"
 ENVIRONMENT_ENV = {"PATH": ENVIRONMENT_PATH, "VIRTUAL_ENV": VENV}
 # Setup sandboxes only: caches go to /tmp (never into the environment), no chatter with the registries.
 SETUP_ENV = {

@@ -11,6 +11,7 @@ from pathlib import Path
 from helpers import PROJECT
 
 from orchestrator.providers.scripted import reply, text, tool_use
+from orchestrator.run.detect import EDITABLE_LATER
 
 FIXTURES = PROJECT / "tests" / "fixtures"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -20,7 +21,8 @@ CA = ["--setup-ca", HOST_CA] if Path(HOST_CA).exists() else []
 def test_a_real_python_project_runs_its_tests_only_after_setup_auto(run_scripted, tmp_path: Path) -> None:
     repo = tmp_path / "wordcount"
     shutil.copytree(FIXTURES / "python_project", repo)
-    turns = [reply(tool_use("run_bash", command="python3 -m pytest -q")), reply(text("done"))]
+    where = "python3 -c 'import wordcount; print(wordcount.__file__)'"
+    turns = [reply(tool_use("run_bash", command="python3 -m pytest -q"), tool_use("run_bash", command=where)), reply(text("done"))]
 
     without, _ = run_scripted(repo, turns)
     assert "ModuleNotFoundError: No module named 'wordcount'" in without.events("tool_call")[0]["output"]
@@ -28,11 +30,19 @@ def test_a_real_python_project_runs_its_tests_only_after_setup_auto(run_scripted
     with_setup, _ = run_scripted(repo, turns, "--setup", "auto", *CA, "--verify", "python3 -m pytest -q")
     assert with_setup.exit_code == 0, with_setup.stdout + with_setup.stderr
     setup = with_setup.record["setup"]
-    assert setup["ecosystems"] == ["python"] and setup["commands"][1:] == ["pip install -e '.[test]'"]
+    # Manifests first: the dependencies from pyproject.toml's static metadata, the project editable in each sandbox.
+    assert setup["ecosystems"] == ["python"] and setup["commands"][1:] == [EDITABLE_LATER, "pip install 'setuptools>=64' wheel iniconfig==2.0.0 pytest"]
+    assert setup["inputs"]["mode"] == "manifests" and setup["key_files"] == ["pyproject.toml"]
     assert {"pypi.org", "files.pythonhosted.org"} <= {host["host"] for host in setup["hosts"] if host["allowed"]}
-    assert "1 passed" in with_setup.events("tool_call")[0]["output"]
+    pytest_run, imported = (call["output"] for call in with_setup.events("tool_call"))
+    assert "1 passed" in pytest_run and imported.startswith("/workspace/src/wordcount/__init__.py")  # the agent's edits count
     assert with_setup.record["verify"]["passed"]
-    assert setup["created"] == ["src/wordcount.egg-info"] and with_setup.patch == b""
+    assert setup["created"] == [] and with_setup.patch == b""
+
+    (repo / "src" / "wordcount" / "__init__.py").write_text("# an edit to the project's code\n" + (repo / "src" / "wordcount" / "__init__.py").read_text())
+    edited, _ = run_scripted(repo, turns, "--setup", "auto", *CA)  # the code is not part of the key: the same environment
+    assert edited.record["setup"]["cache"] == "hit" and edited.record["setup"]["key"] == setup["key"]
+    assert "1 passed" in edited.events("tool_call")[0]["output"]
 
 
 def test_npm_ci_installs_a_real_package_for_the_agent(run_scripted, tmp_path: Path) -> None:

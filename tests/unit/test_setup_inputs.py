@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.run.detect import EDITABLE_LATER, detect, static_requirements
 from orchestrator.run.setup_inputs import UnsafeReference, gather, references, tree_digest
 from orchestrator.sandbox.repo_tar import scan_repo
 
@@ -88,3 +89,39 @@ def test_the_tree_digest_changes_with_any_file_mode_or_link(tmp_path: Path) -> N
     third = digest()
     (repo / "link").symlink_to("a.py")
     assert len({first, second, third, digest()}) == 4
+
+
+def test_static_pyproject_metadata_gives_every_requirement_with_the_projects_own_extras_expanded() -> None:
+    pyproject = b"""
+[build-system]
+requires = ["hatchling>=1.20"]
+build-backend = "hatchling.build"
+[project]
+name = "My_Project"
+dynamic = ["version"]
+dependencies = ["httpcore==1.*", "idna"]
+[project.optional-dependencies]
+test = ["pytest>=8", "my-project[brotli,http2]"]
+brotli = ["brotli"]
+http2 = ["h2>=3,<5", "idna"]
+docs = ["sphinx"]
+"""
+    assert static_requirements(pyproject, ["test"]) == ["hatchling>=1.20", "httpcore==1.*", "idna", "pytest>=8", "brotli", "h2>=3,<5"]
+    assert static_requirements(b'[project]\nname = "x"\n', []) == ["setuptools>=64", "wheel"]  # setuptools' defaults
+
+
+@pytest.mark.parametrize(
+    "pyproject",
+    [b'[project]\nname = "x"\ndynamic = ["dependencies"]\n', b"[tool.poetry]\nname = 'x'\n", b"not toml [", b'[project]\nname = "x"\ndependencies = "a"\n'],
+)
+def test_dependencies_that_are_not_static_in_pyproject_need_the_projects_own_build(pyproject: bytes) -> None:
+    assert static_requirements(pyproject, []) is None
+
+
+def test_auto_installs_a_static_project_manifests_first_and_any_other_with_the_whole_repo(tmp_path: Path) -> None:
+    static = write(tmp_path / "static", {"pyproject.toml": '[project]\nname = "x"\ndependencies = ["iniconfig"]\n'})
+    found = detect(static)
+    assert found.commands == [EDITABLE_LATER, "pip install 'setuptools>=64' wheel iniconfig"] and found.whole_repo is None
+    with_setup_py = write(tmp_path / "setup_py", {"pyproject.toml": '[project]\nname = "x"\n', "setup.py": "import setuptools\n"})
+    assert detect(with_setup_py).commands == ["pip install -e ."]
+    assert detect(with_setup_py).whole_repo == "the project itself is installed (pyproject.toml, setup.py): its build reads and runs the repo's files"

@@ -16,7 +16,7 @@ from helpers import PROJECT
 from orchestrator.batch.tasks import Defaults, load_tasks
 from orchestrator.errors import UsageError
 from orchestrator.policy.model import PolicyError, load_policy
-from orchestrator.run.detect import detect
+from orchestrator.run.detect import EDITABLE_LATER, detect
 from orchestrator.run.environments import parse_age
 from orchestrator.run.setup import environment_key
 from orchestrator.run.setup_inputs import gather
@@ -65,7 +65,11 @@ def test_auto_detects_python_and_node_projects(tmp_path: Path) -> None:
     (tmp_path / "poetry.lock").write_text("")
     found = detect(tmp_path)
     assert found.ecosystems == ["python", "node"]
-    assert found.commands == ["pip install -r requirements-dev.txt", "pip install -e '.[test]'", "npx --yes yarn@1 install --frozen-lockfile --non-interactive"]
+    assert found.commands == [
+        "pip install -r requirements-dev.txt", EDITABLE_LATER, "pip install 'setuptools>=64' wheel pytest",
+        "npx --yes yarn@1 install --frozen-lockfile --non-interactive",
+    ]  # fmt: skip
+    assert found.whole_repo is None  # static metadata: the project's dependencies from pyproject.toml alone
     assert any("poetry.lock" in note for note in found.notes)
     assert detect(tmp_path / "missing").commands == []
 

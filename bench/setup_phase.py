@@ -16,8 +16,6 @@ from pathlib import Path
 
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text
 
-HOST_CA = "/etc/ssl/certs/ca-certificates.crt"  # given when present: egress that inspects TLS needs it
-
 
 def _build(repo: Path, options: list[str]) -> dict:
     with ScriptedModelServer([reply(text("done"))]) as api, tempfile.TemporaryDirectory() as out:
@@ -53,7 +51,7 @@ def main(first_request: Callable[..., list[float]], fmt: Callable[[list[float]],
             repo = Path(tmp) / "project"
             repo.mkdir()
             make(repo)
-            options = ["--setup", "auto", *(["--setup-ca", HOST_CA] if Path(HOST_CA).exists() else [])]
+            options = ["--setup", "auto"]  # what a user gets: the host's CA bundle is trusted by default
             record = _build(repo, options)
             setup = record.get("setup") or {}
             if setup.get("cache") != "build":

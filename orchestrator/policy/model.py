@@ -209,6 +209,7 @@ class SetupPolicy(_Section):
     disk: Annotated[int, _size(16 * MiB)] = 2 * GiB  # the environment folder's tmpfs (counts toward memory)
     files: list[str] = Field(default_factory=list)  # more repo files whose content is part of the environment key
     ca_bundle: str | None = Field(None, min_length=1)  # a host PEM file the setup trusts (a TLS-inspecting proxy)
+    host_ca: bool = True  # without ca_bundle: trust the host's own CA bundle (false: the sandbox image's certificates)
 
     @field_validator("commands")
     @classmethod
@@ -531,7 +532,11 @@ def _line_of(loc: tuple[int | str, ...], lines: dict[tuple[str, ...], int]) -> i
 
 # --- rendering TOML (flat values, lists of strings, nested tables) ------------------------------------------
 
-_UNSET = {"allow": "every command is allowed", "ca_bundle": "the sandbox image's certificates", "runtime_class": "the cluster's default runtime"}
+_UNSET = {
+    "allow": "every command is allowed",
+    "ca_bundle": "the host's own bundle (host_ca), else the sandbox image's certificates",
+    "runtime_class": "the cluster's default runtime",
+}
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 

@@ -74,6 +74,7 @@ class SetupRecord(BaseModel):
     # What the setup sandbox got: `mode` "manifests" (the key files only) or "repo" (every file, `why`), `files`
     # copied in, and `repo_code`: why the repo's own code may run in the build (the key then names the repo).
     inputs: dict[str, Any] | None = None
+    trust: str = ""  # which CA certificates the setup trusted: --setup-ca's, the host's bundle, or the image's own
     image: str | None = None  # the environment image the agent and verify start from
     cache: Literal["hit", "build"] | None = None
     duration_s: float | None = None

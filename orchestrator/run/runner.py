@@ -170,8 +170,9 @@ class Run:
             env = phase.run()
         except SetupFailed as exc:
             self._fail("setup_failed", str(exc))
-            if phase.record.log_tail:
-                self.trace.note("setup log (last lines):\n" + "\n".join(phase.record.log_tail.splitlines()[-15:]))
+            self.trace.note(f"setup failed: {exc}")
+            if tail := [line for line in phase.record.log_tail.splitlines() if line.strip()][-15:]:
+                self.trace.note("setup log (last lines):\n" + "\n".join(tail))
         except BaseException as exc:
             self._record_failure(exc, None, trajectory)
         else:

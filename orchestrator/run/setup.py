@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,14 +31,16 @@ from orchestrator.errors import AirlockError, UsageError
 from orchestrator.policy.model import AUTO_SETUP, SetupPolicy
 from orchestrator.run.detect import VENV_COMMAND, VENV_WITHOUT_PIP, detect
 from orchestrator.run.record import SetupRecord
+from orchestrator.run.setup_causes import CauseWatch
 from orchestrator.run.setup_inputs import SetupInputs, UnsafeReference, gather, tree_digest
 from orchestrator.run.trace import Trace
-from orchestrator.sandbox.base import Backend, Environment, NameInUse
+from orchestrator.sandbox.base import OUT_OF_MEMORY, Backend, Environment, NameInUse
 from orchestrator.sandbox.driver import Sandbox
 from orchestrator.sandbox.egress import EgressRequest, normalise_hosts, parse_log, summarise
 from orchestrator.sandbox.env_archive import UnsafeEnvironment
 from orchestrator.sandbox.repo_tar import RepoScan
 from orchestrator.sandbox.spec import SandboxSpec
+from orchestrator.sizes import human_size
 
 SETUP_LOG = "setup.log"
 TAIL_CHARS = 4000
@@ -45,6 +48,7 @@ MAX_LOG_BYTES = 32 * 1024**2
 KEY_VERSION = b"airlock-env/v2"
 WAIT_POLL_S = 2.0
 CA_PATH = "/var/lib/airlock/setup-ca.pem"  # the state tmpfs: never part of the environment
+HOST_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 CA_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "npm_config_cafile")
 CACHE_ENV = "AIRLOCK_CACHE"  # where airlock keeps host-side state; default ~/.cache/airlock
 
@@ -93,6 +97,31 @@ def read_secrets(names: list[str]) -> dict[str, str]:
     return {name: os.environ[name] for name in names}
 
 
+def host_ca_bundle() -> str | None:
+    """This machine's own CA bundle, found as OpenSSL and Python find it (on a network whose egress inspects
+    TLS, the host trusts the inspecting proxy's CA there), else at the usual Debian, RHEL and Alpine places."""
+    paths = ssl.get_default_verify_paths()
+    for path in (paths.cafile, paths.openssl_cafile, *HOST_BUNDLES):
+        if path and os.path.isfile(path):
+            return path
+    return None
+
+
+def setup_trust(policy: SetupPolicy) -> tuple[bytes | None, str]:
+    """The CA certificates the setup trusts, and which they are: the policy's (--setup-ca), else the host's
+    own bundle (unless `host_ca = false`), else the sandbox image's (nothing to send)."""
+    if policy.ca_bundle is not None:
+        return read_ca_bundle(policy.ca_bundle), f"the CA bundle {policy.ca_bundle} (--setup-ca)"
+    path = host_ca_bundle() if policy.host_ca else None
+    try:
+        data = read_ca_bundle(path)
+    except UsageError:  # unreadable or empty: the image's own certificates are all there is
+        data = None
+    if data is None:
+        return None, "the sandbox image's own CA certificates" + ("" if policy.host_ca else " ([setup] host_ca = false)")
+    return data, f"the host's CA bundle {path}"
+
+
 def read_ca_bundle(path: str | None) -> bytes | None:
     if path is None:
         return None
@@ -110,6 +139,7 @@ class _Log:
 
     def __init__(self, path: Path, secrets: list[str], on_command: Callable[[str], None]) -> None:
         self._file = path.open("ab")
+        self.causes = CauseWatch()
         self._secrets = [secret for secret in secrets if secret]
         self._partial = b""
         self._written = 0
@@ -131,6 +161,7 @@ class _Log:
 
     def line(self, text: str) -> None:
         text = self.redact(text)
+        self.causes.line(text)
         if text.startswith("$ "):
             self._on_command(text[2:])
         self._tail = (self._tail + text + "\n")[-TAIL_CHARS:]
@@ -170,7 +201,7 @@ class SetupPhase:
 
     def __post_init__(self) -> None:
         self.record = SetupRecord(allow_hosts=list(normalise_hosts(self.setup.allow_hosts)))
-        self.ca_bundle = read_ca_bundle(self.setup.ca_bundle)
+        self.ca_bundle, self.record.trust = setup_trust(self.setup)
 
     def run(self) -> Environment | None:
         """The environment the agent starts from (found or built), or None when `auto` found nothing to install."""
@@ -266,6 +297,7 @@ class SetupPhase:
                 self.trace.note(f"setup: the setup sandbox holds only the files of the key: {shown or 'none'}")
             sandbox.install_tools()
             env_vars = dict(self.secrets)
+            self.trace.note(f"setup: trusting {self.record.trust}")
             if self.ca_bundle is not None:
                 bundle = self.ca_bundle
                 sandbox.exec(["sh", "-c", f"cat > {CA_PATH}"], feed_stdin=lambda send: send(bundle))
@@ -278,7 +310,8 @@ class SetupPhase:
             self._egress(sandbox.box.egress_log(), log)
             self.record.exit_code = code
             if code != 0:
-                raise SetupFailed(self._failure(code))
+                failure = sandbox.box.failure()
+                raise SetupFailed(self._failure(code, log.causes, failure if failure and failure.startswith(OUT_OF_MEMORY) else None))
             self._changes(sandbox.setup_changes())
             with tempfile.TemporaryDirectory(prefix="airlock-env-") as tmp:
                 archive = Path(tmp) / "environment.tar"
@@ -313,11 +346,13 @@ class SetupPhase:
         for host in self.record.refused:
             self.trace.note(f"setup: refused by the egress allowlist: {host}")
 
-    def _failure(self, code: int | None) -> str:
+    def _failure(self, code: int | None, causes: CauseWatch, out_of_memory: str | None) -> str:
+        """One line: what failed, then why, when the log or the box can tell."""
         what = f"the setup did not finish within {self.setup.timeout:g} s ([setup] timeout)" if code is None else f"the setup failed (exit code {code})"
         if self.record.refused:
-            what += f"; refused by the egress allowlist: {', '.join(self.record.refused)}"
-        return what
+            return f"{what}; refused by the egress allowlist: {', '.join(self.record.refused)}"
+        why = causes.explain(ca_source=self.record.trust, out_of_memory=out_of_memory, memory=human_size(self.setup.memory), disk=human_size(self.setup.disk))
+        return f"{what}: {why}" if why else what
 
     def _changes(self, found: dict[str, Any]) -> None:
         def paths(kind: str) -> list[str]:

@@ -151,24 +151,36 @@ def run(
         list[str] | None,
         typer.Option(metavar="VAR", help="Pass this environment variable to the setup commands only (e.g. a private index token); repeatable."),
     ] = None,
-    setup_ca: Annotated[Path | None, typer.Option(help="PEM file of CA certificates the setup trusts (a TLS-inspecting proxy on the way out).")] = None,
+    setup_secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="HOST=VAR",
+            help="The egress proxy adds VAR's value (user:password, or a token) as the Authorization of plain-http requests to HOST[:PORT]; "
+            "the setup's code never sees it; repeatable.",
+        ),
+    ] = None,
+    setup_ca: Annotated[Path | None, typer.Option(help="PEM file of CA certificates the setup trusts instead of the host's own bundle.")] = None,
     # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
     stop_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     rate_limit_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
     from orchestrator.policy.model import load_policy
-    from orchestrator.run.setup import read_ca_bundle, read_secrets
+    from orchestrator.run.setup import read_ca_bundle, read_credentials, read_secrets
 
     model = _model_name(provider, model)
-    overrides = dict(
+    overrides: dict[str, object] = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
         max_reply_tokens=max_reply_tokens, cpus=cpus, memory=memory, disk=disk, pids=pids, image=image, runtime=runtime,
         git_history=git_history, setup_ca_bundle=str(setup_ca.resolve()) if setup_ca else None,
         setup_commands=[] if setup == ["none"] else setup,
     )  # fmt: skip
-    effective = load_policy(policy).with_overrides(**overrides)
+    loaded = load_policy(policy)
+    if setup_secret:
+        overrides["setup_credentials"] = loaded.setup.credentials | _credential_flags(setup_secret)
+    effective = loaded.with_overrides(**overrides)
     read_ca_bundle(effective.setup.ca_bundle)
+    read_credentials(effective.setup)
     secrets = read_secrets(setup_secret_env or [])
     api_key = resolve_api_key(provider, api_key_env)
     run_id = new_run_id()
@@ -197,6 +209,17 @@ def _location(backend: str, namespace: str | None) -> str | None:
     if namespace is not None and check_backend(backend) != "kubernetes":
         raise UsageError("--namespace is for --backend kubernetes")
     return namespace
+
+
+def _credential_flags(values: list[str]) -> dict[str, str]:
+    """--setup-secret HOST=VAR, as the policy's [setup] credentials (checked there)."""
+    found = {}
+    for value in values:
+        target, sep, variable = value.partition("=")
+        if not sep or not target or not variable:
+            raise UsageError(f"--setup-secret {value!r}: give HOST=VAR (the host, and the variable holding its credential)")
+        found[target] = variable
+    return found
 
 
 def _model_name(provider: str, model: str | None) -> str:

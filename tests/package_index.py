@@ -38,12 +38,14 @@ def build_wheel(folder: Path, name: str, version: str, module_source: str, entry
 class PackageIndex:
     def __init__(self, host: str, wheels: list[Path], token: str | None = None) -> None:
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header, as received
         self.wheels = {wheel.name: wheel.read_bytes() for wheel in wheels}
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 index.requests.append(self.path)
+                index.authorizations.append(self.headers.get("Authorization"))
                 if token and self.headers.get("Authorization") != "Basic " + base64.b64encode(f"ci:{token}".encode()).decode():
                     self._answer(401, b"token required", extra={"WWW-Authenticate": 'Basic realm="index"'})
                 elif self.path.rstrip("/").startswith("/simple/") and self.path.count("/") >= 2:

@@ -17,7 +17,7 @@ import tomllib
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UsageError
-from orchestrator.sandbox.egress import DEFAULT_ALLOW_HOSTS, check_host
+from orchestrator.sandbox.egress import DEFAULT_ALLOW_HOSTS, check_host, parse_credential_target
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 from orchestrator.sizes import parse_size
 
@@ -210,6 +210,9 @@ class SetupPolicy(_Section):
     files: list[str] = Field(default_factory=list)  # more repo files whose content is part of the environment key
     ca_bundle: str | None = Field(None, min_length=1)  # a host PEM file the setup trusts (a TLS-inspecting proxy)
     host_ca: bool = True  # without ca_bundle: trust the host's own CA bundle (false: the sandbox image's certificates)
+    # "HOST" or "HOST:PORT" -> the name of a variable of airlock's environment holding its credential, which the
+    # egress proxy adds as the Authorization header of plain-http requests there; the setup never holds it.
+    credentials: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("commands")
     @classmethod
@@ -225,6 +228,17 @@ class SetupPolicy(_Section):
     def _hosts(cls, value: list[str]) -> list[str]:
         return [check_host(host) for host in value]
 
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        checked = {}
+        for target, variable in value.items():
+            host, port = parse_credential_target(target)
+            if not _VARIABLE.fullmatch(variable):
+                raise ValueError(f"{variable!r} (for {target!r}) is not an environment variable's name")
+            checked[host if port is None else f"{host}:{port}"] = variable
+        return checked
+
     @field_validator("files")
     @classmethod
     def _files(cls, value: list[str]) -> list[str]:
@@ -234,6 +248,7 @@ class SetupPolicy(_Section):
         return value
 
 
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
@@ -357,7 +372,7 @@ class Policy(_Section):
 
 SANDBOX_OVERRIDES = frozenset({"image", "runtime", "git_history"})
 # Overrides whose command-line flag is not `--<section-prefix><key>`.
-_FLAGS = {"setup-commands": "setup", "setup-ca-bundle": "setup-ca"}
+_FLAGS = {"setup-commands": "setup", "setup-ca-bundle": "setup-ca", "setup-credentials": "setup-secret"}
 OVERRIDABLE = frozenset(LimitsPolicy.model_fields) | SANDBOX_OVERRIDES | {f"setup_{name}" for name in SetupPolicy.model_fields}
 
 

@@ -36,7 +36,7 @@ from orchestrator.run.setup_inputs import SetupInputs, UnsafeReference, gather, 
 from orchestrator.run.trace import Trace
 from orchestrator.sandbox.base import OUT_OF_MEMORY, Backend, Environment, NameInUse
 from orchestrator.sandbox.driver import Sandbox
-from orchestrator.sandbox.egress import EgressRequest, normalise_hosts, parse_log, summarise
+from orchestrator.sandbox.egress import Credential, EgressRequest, covers, normalise_hosts, parse_credential_target, parse_log, summarise
 from orchestrator.sandbox.env_archive import UnsafeEnvironment
 from orchestrator.sandbox.repo_tar import RepoScan
 from orchestrator.sandbox.spec import SandboxSpec
@@ -95,6 +95,26 @@ def read_secrets(names: list[str]) -> dict[str, str]:
     if missing:
         raise UsageError(f"--setup-secret-env {missing[0]}: the variable is not set (or empty) in airlock's environment")
     return {name: os.environ[name] for name in names}
+
+
+def read_credentials(setup: SetupPolicy) -> tuple[Credential, ...]:
+    """The credentials the egress proxy adds (`[setup] credentials`, --setup-secret), their values read from
+    airlock's own environment; UsageError naming the first one that cannot be used."""
+    found = []
+    for target, variable in setup.credentials.items():
+        host, port = parse_credential_target(target)
+        value = os.environ.get(variable)
+        if not value:
+            raise UsageError(f"--setup-secret {target}={variable}: the variable is not set (or empty) in airlock's environment")
+        if not covers(setup.allow_hosts, host):
+            raise UsageError(f"--setup-secret {target}: {host} is not on the setup's allowlist ([setup] allow_hosts)")
+        credential = Credential(host, port, value)
+        try:
+            credential.header()
+        except ValueError as exc:
+            raise UsageError(f"--setup-secret {target}={variable}: {exc}") from None
+        found.append(credential)
+    return tuple(found)
 
 
 def host_ca_bundle() -> str | None:
@@ -278,12 +298,20 @@ class SetupPhase:
 
     def _build(self, key: str, commands: list[str], inputs: SetupInputs) -> Environment:
         setup = self.setup
+        try:
+            credentials = read_credentials(setup)
+        except UsageError as exc:
+            raise SetupFailed(str(exc)) from None
+        hidden = [*self.secrets.values(), *(c.value for c in credentials), *(c.header().split(" ", 1)[1] for c in credentials)]
         spec = replace(
-            self.spec, egress=normalise_hosts(setup.allow_hosts), env_disk=setup.disk, memory=setup.memory, environment=False,
+            self.spec, egress=normalise_hosts(setup.allow_hosts), egress_credentials=credentials, env_disk=setup.disk, memory=setup.memory, environment=False,
             name=f"airlock-envbuild-{key[:24]}", lifetime_s=setup.timeout + 1800,
         )  # fmt: skip
-        log = _Log(self.out / SETUP_LOG, list(self.secrets.values()), lambda command: self.trace.note(f"setup $ {command}"))
+        log = _Log(self.out / SETUP_LOG, hidden, lambda command: self.trace.note(f"setup $ {command}"))
         hosts = ", ".join(self.record.allow_hosts) or "none"
+        for credential in credentials:
+            where = credential.host + (f":{credential.port}" if credential.port else "")
+            self.trace.note(f"setup: the egress proxy adds a credential to plain-http requests to {where} (the setup never holds it)")
         self.trace.note(f"setup: building the environment (key {key[:12]}) in a sandbox whose only way out is a proxy to: {hosts}")
         sandbox: Sandbox | None = None
         try:
@@ -316,7 +344,7 @@ class SetupPhase:
             with tempfile.TemporaryDirectory(prefix="airlock-env-") as tmp:
                 archive = Path(tmp) / "environment.tar"
                 try:
-                    stats = sandbox.pack_environment(archive, list(self.secrets.values()), timeout=setup.timeout, repo=self.repo)
+                    stats = sandbox.pack_environment(archive, hidden, timeout=setup.timeout, repo=self.repo)
                 except UnsafeEnvironment as exc:
                     raise SetupFailed(str(exc)) from None
                 self.record.env_bytes = stats.bytes

@@ -362,7 +362,7 @@ class DockerBackend:
             if spec.name and client.containers.list(all=True, filters={"name": f"^/{spec.name}$"}):
                 raise NameInUse(f"a sandbox named {spec.name} exists")  # checked before making a proxy; the create is the atomic check
             if spec.egress is not None:
-                proxy = start_proxy(client, f"airlock-setup-{spec.run_id}", spec.egress, owner_labels(spec))
+                proxy = start_proxy(client, f"airlock-setup-{spec.run_id}", spec.egress, owner_labels(spec), spec.egress_credentials)
             container = client.containers.create(**create_kwargs(spec, proxy))  # stdin_open: StdinOnce too
             # Watched from before its start, so not even an immediate death goes unseen.
             events = client.events(filters={"container": container.id, "event": ["oom", "die", "destroy"]}, decode=True)

@@ -12,6 +12,7 @@ archive; no container registry is needed) and tagged by a digest of both.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import tarfile
@@ -27,7 +28,8 @@ from docker.models.networks import Network
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.docker_client import parse_time
-from orchestrator.sandbox.egress import PROXY_PORT, squid_config
+from orchestrator.sandbox.egress import CREDENTIALS_FILE, PROXY_PORT, Credential, credentials_config, squid_config
+from orchestrator.sandbox.hijack import pipe_of
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
 PROXY_REPOSITORY = "airlock-proxy"
@@ -46,8 +48,12 @@ RUN apt-get update -qq \\
 LABEL {PROXY_IMAGE_LABEL}="1" org.opencontainers.image.title="airlock-proxy"
 USER proxy
 """
-# The config arrives in an environment variable (no mounts); the proxy lives as long as its stdin is open.
-PROXY_COMMAND = 'printf "%s\\n" "$SQUID_CONF" > /tmp/squid.conf || exit 1; squid -N -f /tmp/squid.conf & cat > /dev/null'
+# The config arrives in an environment variable (no mounts), the credentials it includes as the first line of
+# stdin (base64), so no secret is in the container's configuration; the proxy lives as long as its stdin is open.
+PROXY_COMMAND = (
+    f'IFS= read -r credentials; printf "%s" "$credentials" | base64 -d > {CREDENTIALS_FILE} || exit 1; '
+    'printf "%s\\n" "$SQUID_CONF" > /tmp/squid.conf || exit 1; squid -N -f /tmp/squid.conf & cat > /dev/null'
+)
 
 
 def _current_tag(client: docker.DockerClient) -> tuple[str, str]:
@@ -112,8 +118,10 @@ class Proxy:
         return f"http://{self.address}:{PROXY_PORT}"
 
 
-def start_proxy(client: docker.DockerClient, name: str, allow_hosts: tuple[str, ...], labels: dict[str, str]) -> Proxy:
-    """A private internal network and a squid on it, ready to forward to `allow_hosts`."""
+def start_proxy(
+    client: docker.DockerClient, name: str, allow_hosts: tuple[str, ...], labels: dict[str, str], credentials: tuple[Credential, ...] = ()
+) -> Proxy:
+    """A private internal network and a squid on it, ready to forward to `allow_hosts` and to add `credentials`."""
     network = client.networks.create(
         name, driver="bridge", internal=True, check_duplicate=True, enable_ipv6=False, labels=labels | {NETWORK_LABEL: "1"},
         options={"com.docker.network.bridge.inhibit_ipv4": "true"},  # no host address on it: the host is unreachable
@@ -130,6 +138,7 @@ def start_proxy(client: docker.DockerClient, name: str, allow_hosts: tuple[str, 
     network.connect(container)
     lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
     container.start()
+    pipe_of(lifeline).send(base64.b64encode(credentials_config(credentials).encode()) + b"\n")
     _wait_ready(client, container)
     container.reload()
     address = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]

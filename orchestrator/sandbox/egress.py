@@ -8,10 +8,11 @@ This module knows squid's configuration and log format; starting the sidecar is 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,12 +80,58 @@ def squid_config(allow_hosts: Iterable[str], client_subnet: str) -> str:
         "via off",
         "httpd_suppress_version_string on",
         "strip_query_terms on",  # query strings may carry tokens: never logged
+        f"include {CREDENTIALS_FILE}",  # the credentials the proxy adds (maybe none)
         f"acl setup_clients src {client_subnet}",
         "http_access deny !setup_clients",
     ]
     if hosts:
         lines += [f"acl allowlist dstdomain -n {' '.join(hosts)}", "http_access allow allowlist"]
     return "\n".join([*lines, "http_access deny all", ""])
+
+
+CREDENTIALS_FILE = "/tmp/credentials.conf"  # in the proxy's own tmpfs, written from its stdin (see docker_egress)
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")  # RFC 6750's b64token: nothing squid's quoting could misread
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An Authorization header the proxy adds to plain-http requests to `host` (and `port`, when given)."""
+
+    host: str
+    port: int | None
+    value: str = field(repr=False)  # "user:password" (basic) or a token (bearer)
+
+    def header(self) -> str:
+        if ":" in self.value:
+            return "Basic " + base64.b64encode(self.value.encode()).decode()
+        if not _TOKEN.match(self.value):
+            raise ValueError("a token must be letters, digits and -._~+/ (or give user:password for basic auth)")
+        return f"Bearer {self.value}"
+
+
+def parse_credential_target(target: str) -> tuple[str, int | None]:
+    """'HOST' or 'HOST:PORT' of --setup-secret; ValueError naming what is wrong."""
+    host, _, port = target.partition(":")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{target!r}: the port must be a number from 1 to 65535")
+    checked = check_host(host)
+    if checked.startswith("."):
+        raise ValueError(f"{target!r}: a credential belongs to one host, not a wildcard")
+    return checked, int(port) if port else None
+
+
+def credentials_config(credentials: Iterable[Credential]) -> str:
+    """The squid lines that replace any Authorization a client sent to a credential's host by the credential's.
+    Kept out of squid_config: it holds secrets, and reaches the proxy only through its stdin."""
+    lines = []
+    for n, credential in enumerate(credentials):
+        acls = f"airlock_credential_{n}"
+        lines.append(f"acl {acls} dstdomain -n {credential.host}")
+        if credential.port is not None:
+            lines.append(f"acl {acls}_port port {credential.port}")
+            acls += f" {acls}_port"
+        lines += [f"request_header_access Authorization deny {acls}", f'request_header_add Authorization "{credential.header()}" {acls}']
+    return "\n".join([*lines, ""])
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from orchestrator.sandbox.egress import Credential
+
 DEFAULT_IMAGE = "airlock-sandbox:latest"
 # Labels every sandbox carries, whatever runs it, so that leftovers can be found.
 LABEL = "airlock.sandbox"
@@ -102,6 +104,8 @@ class SandboxSpec:
     # A setup sandbox: its only route out is an egress proxy that forwards to these hosts, and ENV_ROOT is a
     # writable tmpfs of `env_disk` bytes. None: no network at all (every agent and verify sandbox).
     egress: tuple[str, ...] | None = None
+    # Authorization headers the egress proxy adds for their hosts: the setup sandbox never holds them.
+    egress_credentials: tuple[Credential, ...] = field(default=(), repr=False)
     env_disk: int = 0
     # The image holds an environment made by a setup phase (its virtualenv goes first on PATH).
     environment: bool = False

@@ -20,7 +20,17 @@ from orchestrator.run.detect import EDITABLE_LATER, detect
 from orchestrator.run.environments import parse_age
 from orchestrator.run.setup import environment_key
 from orchestrator.run.setup_inputs import gather
-from orchestrator.sandbox.egress import check_host, covers, normalise_hosts, parse_log, squid_config, summarise
+from orchestrator.sandbox.egress import (
+    Credential,
+    check_host,
+    covers,
+    credentials_config,
+    normalise_hosts,
+    parse_credential_target,
+    parse_log,
+    squid_config,
+    summarise,
+)
 from orchestrator.sandbox.env_archive import EXCLUDE, UnsafeEnvironment, copy_checked, gitignore_line, in_repo
 
 
@@ -209,3 +219,21 @@ def load_policy_text(tmp_path: Path, text: str | None):
     path = tmp_path / "written.toml"
     path.write_text(text)
     return load_policy(path)
+
+
+def test_a_credential_becomes_squid_lines_that_replace_the_clients_authorization_for_its_host_only() -> None:
+    basic, bearer = Credential("index.corp.example", 8080, "ci:s3cret"), Credential("pypi.org", None, "tok_en.1")
+    assert credentials_config([basic, bearer]) == (
+        "acl airlock_credential_0 dstdomain -n index.corp.example\nacl airlock_credential_0_port port 8080\n"
+        "request_header_access Authorization deny airlock_credential_0 airlock_credential_0_port\n"
+        'request_header_add Authorization "Basic Y2k6czNjcmV0" airlock_credential_0 airlock_credential_0_port\n'
+        "acl airlock_credential_1 dstdomain -n pypi.org\nrequest_header_access Authorization deny airlock_credential_1\n"
+        'request_header_add Authorization "Bearer tok_en.1" airlock_credential_1\n'
+    )
+    assert "s3cret" not in repr(basic) and "include /tmp/credentials.conf" in squid_config(["pypi.org"], "172.30.0.0/16")
+    with pytest.raises(ValueError, match="a token must be"):
+        Credential("pypi.org", None, 'x" all\nhttp_access allow all').header()  # no squid directive smuggled in a token
+    assert parse_credential_target("Index.Corp.Example:443") == ("index.corp.example", 443)
+    for bad in ("*.corp.example", "pypi.org:0", "pypi.org:http", "https://pypi.org"):
+        with pytest.raises(ValueError):
+            parse_credential_target(bad)

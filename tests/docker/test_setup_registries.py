@@ -75,3 +75,19 @@ def test_without_the_hosts_bundle_an_inspected_egress_fails_with_its_cause_in_on
     cause = "a certificate on the way to the registry is not trusted (trusting the sandbox image's own CA certificates ([setup] host_ca = false))"
     assert result.record["error"].startswith(f"the setup failed (exit code 1): {cause}") and "--setup-ca FILE" in result.record["error"]
     assert result.stdout.index(f"setup failed: the setup failed (exit code 1): {cause}") < result.stdout.index("setup log (last lines):")
+
+
+def test_an_npm_install_of_about_a_thousand_packages_goes_through_the_proxy(run_scripted, tmp_path: Path) -> None:
+    """express's own dependencies and dev tools, no lock file: about a thousand tunnels through squid (a run
+    like it once ended in a reset tunnel)."""
+    repo = tmp_path / "many"
+    shutil.copytree(FIXTURES / "node_many_packages", repo)
+    turns = [reply(tool_use("run_bash", command="npm test")), reply(text("done"))]
+    result, _ = run_scripted(repo, turns, "--setup", "auto", "--verify", "npm test")
+
+    assert result.exit_code == 0, result.stdout + result.stderr
+    setup = result.record["setup"]
+    assert setup["commands"][1:] == ["npm install --no-package-lock"] and setup["inputs"]["mode"] == "manifests"
+    (registry,) = [host for host in setup["hosts"] if host["host"] == "registry.npmjs.org"]
+    assert registry["allowed"] and registry["requests"] > 800
+    assert "1 passing" in result.events("tool_call")[0]["output"] and result.record["verify"]["passed"]

@@ -179,12 +179,14 @@ class _Log:
         for line in lines:
             self.line(line.decode("utf-8", "replace"))
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, *, tail: bool = True) -> None:
+        """One line into setup.log, and into the tail unless `tail` is False."""
         text = self.redact(text)
         self.causes.line(text)
         if text.startswith("$ "):
             self._on_command(text[2:])
-        self._tail = (self._tail + text + "\n")[-TAIL_CHARS:]
+        if tail:
+            self._tail = (self._tail + text + "\n")[-TAIL_CHARS:]
         if self._written < MAX_LOG_BYTES:
             data = (text + "\n").encode()
             self._file.write(data)
@@ -368,7 +370,8 @@ class SetupPhase:
         requests: list[EgressRequest] = parse_log(text)
         for request in requests:
             verdict = "allowed" if request.allowed else "REFUSED"
-            log.line(f"egress: {verdict} {request.method} {request.host} status {request.status}, {request.bytes} bytes")
+            # A thousand allowed requests would fill the tail: only refused ones are kept there (all are in setup.log).
+            log.line(f"egress: {verdict} {request.method} {request.host} status {request.status}, {request.bytes} bytes", tail=not request.allowed)
         self.record.hosts = summarise(requests)
         self.record.refused = sorted({request.host for request in requests if not request.allowed})
         for host in self.record.refused:

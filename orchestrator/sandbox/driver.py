@@ -75,9 +75,7 @@ class Sandbox:
     def copy_files(self, files: dict[str, bytes]) -> None:
         """Only these files (by repo-relative path) into the workspace, with exactly these bytes."""
         workspace = self.layout.workspace
-        extra = {f"{workspace}/{rel}": data for rel, data in files.items()}
-        nothing = RepoScan(Path(workspace), [], CopyStats())
-        self.exec(UNTAR, feed_stdin=lambda send: self._repo_tar(nothing, send, extra, None), timeout=PREPARE_TIMEOUT_S)
+        self.copy_in(RepoScan(Path(workspace), [], CopyStats()), extra={f"{workspace}/{rel}": data for rel, data in files.items()})
 
     def install_tools(self) -> None:
         if self.box.has_tools:

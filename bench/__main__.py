@@ -15,6 +15,8 @@ which answers at once and says how long each answer took, so what remains is air
 - memory: the history the sandbox holds for each --git-history, and the sandbox's peak memory;
 - a batch: 8 tasks on the big repo with --jobs 4, its wall time and peak host and sandbox memory;
 - the tool call and start-up under gVisor's runsc too, when it is registered;
+- --image on an image without Python, git or tar (bench/foreign_image.py): adding the tool runtime once,
+  and the start-up on it against the sandbox image;
 - the setup phase (bench/setup_phase.py): building an environment from the real package index, a cache
   hit's start-up against the same run without setup, and the environment's size;
 - tokens (bench/tokens.py): input billed per step, cached and trimmed, against a loop that does neither;
@@ -40,7 +42,7 @@ from typing import Any
 
 import docker
 
-from bench import breakdown, host, setup_phase, tokens
+from bench import breakdown, foreign_image, host, setup_phase, tokens
 from bench.repos import synthetic_repo, tree_bytes
 from orchestrator.demo import CALCULATOR_REPO
 from orchestrator.providers.scripted import ScriptedModelServer, Turn, reply, text, tool_use
@@ -360,7 +362,8 @@ def main() -> None:
             rows.append(Row(f"{what}: peak host memory", _mib(host_peak), ""))
             rows.append(Row(f"{what}: peak memory of one sandbox", _mib(sandbox), ""))
         print_table(rows)
-    print()
+        print()
+        foreign_image.main(run_once, work / "cache")
     setup_phase.main(time_to_first_request, _ms)
     tokens.main()
     host.main()

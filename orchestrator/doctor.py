@@ -20,7 +20,9 @@ import requests.exceptions
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.docker_client import DockerUnreachable, docker_client, engine_address, unreachable_fix
+from orchestrator.sandbox.docker_tool_runtime import carries_runtime, refusal
 from orchestrator.sandbox.image import DEFAULT_IMAGE, image_info
+from orchestrator.sandbox.spec import SandboxSpec
 from orchestrator.terminal import safe
 
 # runc before 1.1.12 leaks a host file descriptor into the container (CVE-2024-21626,
@@ -158,6 +160,8 @@ def _runc_check(info: dict[str, Any], version: dict[str, Any]) -> Check:
 
 
 def _image_check(client: docker.DockerClient, image: str) -> Check:
+    if image != DEFAULT_IMAGE and (foreign := _foreign_image_check(client, image)) is not None:
+        return foreign
     fix = f"airlock image build --tag {image}" if image != DEFAULT_IMAGE else "airlock image build"
     try:
         info = image_info(client, image)
@@ -182,6 +186,29 @@ def _image_check(client: docker.DockerClient, image: str) -> Check:
     return Check("sandbox image", True, f"{image} ({short}), base {info.base_mode}, has {tools}")
 
 
+def _foreign_image_check(client: docker.DockerClient, image: str) -> Check | None:
+    """An --image that is not airlock's (no tool runtime): whether a run can add the runtime to it; None for
+    one of airlock's own (or none), which the sandbox image's checks judge."""
+    try:
+        attrs = client.api.inspect_image(image)
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return None  # missing or unreadable: the sandbox image's checks say so, and how to build it
+    if carries_runtime(attrs):
+        return None
+    try:
+        why = refusal(client, attrs, SandboxSpec(image=image, run_id="doctor"))
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return Check("sandbox image", False, f"cannot look into {image}: {exc}", "check the Docker daemon")
+    if why is not None:
+        return Check(
+            "sandbox image",
+            False,
+            why,
+            "airlock image build" if DEFAULT_IMAGE in why else f"give an image with a glibc userland for {attrs.get('Architecture')}",
+        )
+    return Check("sandbox image", True, f"{image} ({attrs['Id'][7:19]}): not airlock's; a run adds the tool runtime of {DEFAULT_IMAGE} to it")
+
+
 GVISOR_FIX = "on a root Debian shell: bash scripts/ensure-gvisor.sh --reload (or register runsc in /etc/docker/daemon.json)"
 
 
@@ -194,9 +221,11 @@ def _gvisor_check(client: docker.DockerClient, info: dict[str, Any], image: str 
     if image is None:
         return Check("gVisor (runsc)", True, f"registered ({where}); not tried, the sandbox image is not ready", required=False)
     try:
+        volumes = (client.api.inspect_image(image).get("Config") or {}).get("Volumes") or {}
         kernel = client.containers.run(
-            image, ["uname", "-r"], runtime="runsc", network_mode="none", cap_drop=["ALL"], read_only=True, remove=True, labels={"airlock.probe": "1"}
-        )
+            image, ["-r"], entrypoint=["uname"], runtime="runsc", network_mode="none", cap_drop=["ALL"], read_only=True, remove=True,
+            tmpfs={folder: "" for folder in volumes}, labels={"airlock.probe": "1"},  # tmpfs: an image's VOLUME makes no volume
+        )  # fmt: skip
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         return Check("gVisor (runsc)", False, f"registered ({where}), but a sandbox does not start under it: {exc}", GVISOR_FIX, required=False)
     shown = kernel.decode("utf-8", "replace").strip() if isinstance(kernel, bytes) else "?"

@@ -10,6 +10,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from orchestrator.errors import SandboxError
+from orchestrator.sandbox.base import ImageBuild
 from orchestrator.sandbox.spec import SANDBOX_ENV, Layout, SandboxSpec
 
 STDERR_TAIL_BYTES = 4096
@@ -66,6 +68,18 @@ class LocalStream:
                     pipe.close()
 
 
+def _link_runtime(runtime: str) -> None:
+    """The tool runtime's layout (spec.Layout.program, .python) as links to this machine's programs."""
+    os.makedirs(f"{runtime}/bin")
+    os.makedirs(f"{runtime}/python/bin")
+    for name in ("tar", "sh", "cp", "cat", "git"):
+        found = shutil.which(name)
+        if found is None:
+            raise SandboxError(f"the local test backend needs `{name}` on PATH")
+        os.symlink(found, f"{runtime}/bin/{name}")
+    os.symlink(sys.executable, f"{runtime}/python/bin/python3")
+
+
 class LocalBox:
     has_tools = False
 
@@ -73,9 +87,10 @@ class LocalBox:
         self.spec = spec
         self.root = tempfile.mkdtemp(prefix=f"airlock-local-{spec.run_id}-")
         self.id = os.path.basename(self.root)
-        self.layout = Layout(workspace=f"{self.root}/workspace", tools_parent=f"{self.root}/opt", state=f"{self.root}/state")
+        self.layout = Layout(workspace=f"{self.root}/workspace", tools_parent=f"{self.root}/opt", state=f"{self.root}/state", runtime=f"{self.root}/runtime")
         for folder in (self.layout.workspace, self.layout.tools_parent, self.layout.state, f"{self.root}/home"):
             os.makedirs(folder)
+        _link_runtime(self.layout.runtime)
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> LocalStream:
@@ -118,6 +133,12 @@ class LocalBackend:
 
     def prepare(self, spec: SandboxSpec, log: Callable[[str], None]) -> dict[str, Any]:
         return {}
+
+    def build_image(self, spec: SandboxSpec, build: ImageBuild) -> tuple[str, bool]:
+        raise SandboxError("the local test backend builds no image")
+
+    def with_tool_runtime(self, spec: SandboxSpec, log: Callable[[str], None]) -> tuple[SandboxSpec, dict[str, Any]]:
+        return spec, {}  # each box links the host's programs as its runtime (see LocalBox)
 
     def check(self, spec: SandboxSpec) -> None:
         pass  # any "image" will do: a box is a temporary folder

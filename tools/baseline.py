@@ -37,6 +37,10 @@ ATTRIBUTES = "* -text !eol -filter -ident !working-tree-encoding !diff !merge\n"
 # Build caches that must never reach a patch (in-tree .gitignore files are honoured on purpose).
 EXCLUDES = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.mypy_cache/\n.ruff_cache/\n"
 
+# The tool runtime's git (sandbox_image/runtime.sh): the same git whatever the image holds. This script
+# stands alone (the host's tests import it), so it names the path itself rather than import tools/runtime.py.
+_RUNTIME_GIT = "/opt/airlock-runtime/bin/git"
+GIT = _RUNTIME_GIT if os.access(_RUNTIME_GIT, os.X_OK) else "git"
 CONFIG = {
     "core.hooksPath": "/dev/null",
     "core.fsmonitor": "false",
@@ -212,8 +216,8 @@ class Baseline:
         for key, value in CONFIG.items():
             options += ["-c", f"{key}={value}"]
         if stdin is None:  # nothing git runs may wait for input
-            return subprocess.run(["git", *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-        return subprocess.run(["git", *options, *args], cwd=self.root, env=self._env(), input=stdin, stdout=stdout, stderr=stderr)
+            return subprocess.run([GIT, *options, *args], cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        return subprocess.run([GIT, *options, *args], cwd=self.root, env=self._env(), input=stdin, stdout=stdout, stderr=stderr)
 
     def _env(self) -> dict[str, str]:
         """From scratch: no inherited GIT_* variable (GIT_DIR, GIT_CONFIG_COUNT, ...) can reach git."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import shell
+from runtime import program
 from toolkit import Context, Param, Result, Tool, ToolError
 
 _RG_FLAGS = [
@@ -21,8 +21,8 @@ _RG_FLAGS = [
 
 
 def search(ctx: Context, pattern: str, path: str, glob: str | None, ignore_case: bool, max_results: int) -> Result:
-    rg = shutil.which("rg")
-    if rg is None:
+    rg = program("rg")
+    if not os.path.isabs(rg):
         raise ToolError("ripgrep (rg) is not installed in this image; use run_bash with `grep -rn` instead")
     target = ctx.resolve(path)
     shown = ctx.show(target)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import confine
+from runtime import program
 from toolkit import Context, Param, Result, Tool, ToolError
 
 _READ_CHUNK = 65536
@@ -187,7 +188,7 @@ def _end_everything(leader: int) -> None:
 # Make the command, not the server, the OOM killer's first choice. A child of the non-dumpable server
 # cannot write its own /proc/self/oom_score_adj (root-owned until execve), and must not become dumpable
 # before execve (its memory holds the channel's key): so a first execve, of sh, sets it and execs argv.
-_OOM_FIRST = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$0" "$@"']
+_OOM_FIRST = [program("sh"), "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$0" "$@"']
 
 
 def _in_the_child(max_processes: int | None) -> None:

@@ -33,6 +33,8 @@ from orchestrator.providers.base import Provider
 from orchestrator.run.agent import Agent, Limits
 from orchestrator.run.config import RunConfig
 from orchestrator.run.context import DEFAULT_WINDOWS
+from orchestrator.run.image_phase import prepare_image
+from orchestrator.run.project_image import ProjectImage, project_image
 from orchestrator.run.record import PatchRecord, RunRecord, Status, VerifyRecord
 from orchestrator.run.setup import SetupFailed, SetupPhase
 from orchestrator.run.startup import Startup
@@ -108,6 +110,7 @@ class Run:
         )  # fmt: skip
         self.agent: Agent | None = None
         self.startup: Startup | None = None
+        self.project: ProjectImage | None = None  # the environment the repo describes (a devcontainer, a Dockerfile)
         self._phase = "starting"  # what the run was doing, for the error that ends it (once its sandbox is ready)
 
     @property
@@ -130,7 +133,7 @@ class Run:
         )  # fmt: skip
         started = time.monotonic()
         try:
-            if self._setup_phase(trajectory):
+            if self._image_phase(trajectory) and self._setup_phase(trajectory):
                 self._agent_phase(trajectory, deadline=time.monotonic() + self.config.policy.limits.timeout)
             self._verify_phase(trajectory)
         finally:
@@ -146,8 +149,10 @@ class Run:
     def _check_before_start(self) -> RepoScan:
         """What would make the run fail for certain, said before any output exists (exit 2): an unknown
         image, a repo that cannot fit the workspace. The walk of the repo is the copy-in's first half."""
-        self.backend.check(self.spec)
         policy = self.config.policy
+        self.project = project_image(self.config.repo, policy.setup.commands, list(policy.paths.hidden))
+        image = self.project.image if self.project is not None else None
+        self.backend.check(replace(self.spec, image=image) if image else self.spec)
         scan = scan_repo(self.config.repo, exclude=self.config.out, hidden=policy.paths.hidden)
         if scan.stats.bytes > policy.limits.disk:
             raise UsageError(
@@ -155,6 +160,23 @@ class Run:
                 f"({human_size(policy.limits.disk)}): raise --disk (and --memory, which it counts toward)"
             )
         return scan
+
+    def _image_phase(self, trajectory: Trajectory) -> bool:
+        """The sandbox's image with airlock's tool runtime in it (added to an --image once); False if that failed."""
+        config = self.config
+        try:
+            self.spec, recorded = prepare_image(
+                self.backend, self.spec, self.project, self.scan, list(config.policy.paths.hidden), config.policy.setup, config.out, self.trace
+            )  # fmt: skip
+        except SetupFailed as exc:
+            self._fail("setup_failed", str(exc))
+            self.trace.note(f"setup failed: {exc}")
+            return False
+        except BaseException as exc:
+            self._record_failure(exc, None, trajectory)
+            return False
+        self.record.sandbox |= recorded
+        return True
 
     def _setup_phase(self, trajectory: Trajectory) -> bool:
         """Find or build the environment the agent and verify start from (see orchestrator.run.setup); False if it failed."""
@@ -164,6 +186,7 @@ class Run:
         phase = SetupPhase(
             self.backend, self.spec, config.policy.setup, config.repo, list(config.policy.paths.hidden), config.out, self.trace,
             self._copy_repo, self.scan, config.setup_secrets, rebuild=config.rebuild_env, finishing=lambda: interrupts_deferred(self.console),
+            project=self.project,
         )  # fmt: skip
         self.record.setup = phase.record
         try:

@@ -30,6 +30,7 @@ from typing import Any
 from orchestrator.errors import AirlockError, UsageError
 from orchestrator.policy.model import AUTO_SETUP, SetupPolicy
 from orchestrator.run.detect import VENV_COMMAND, VENV_WITHOUT_PIP, detect
+from orchestrator.run.project_image import ProjectImage
 from orchestrator.run.record import SetupRecord
 from orchestrator.run.setup_causes import CauseWatch
 from orchestrator.run.setup_inputs import SetupInputs, UnsafeReference, gather, tree_digest
@@ -220,6 +221,7 @@ class SetupPhase:
     rebuild: bool = False
     # Wraps the removal of the setup sandbox (the runner defers Ctrl-C there, as for the agent's).
     finishing: Callable[[], AbstractContextManager[object]] = field(default=nullcontext)
+    project: ProjectImage | None = None  # the environment the repo describes: its commands are the setup's
 
     def __post_init__(self) -> None:
         self.record = SetupRecord(allow_hosts=list(normalise_hosts(self.setup.allow_hosts)))
@@ -235,6 +237,11 @@ class SetupPhase:
 
     def _commands(self) -> tuple[list[str], str | None] | None:
         """The commands to run, and why they need the whole repo (None: the key files are enough)."""
+        if self.project is not None:
+            if not self.project.commands:
+                self.trace.note(f"setup: {self.project.source} names no command to run: its image is the environment")
+                return None
+            return list(self.project.commands), f"the commands of {self.project.source} may read any file of the repo"
         if self.setup.commands != [AUTO_SETUP]:
             return [VENV_COMMAND, *self.setup.commands], "setup commands given by hand may read any file of the repo"
         found = detect(self.repo, self.hidden)
@@ -329,8 +336,7 @@ class SetupPhase:
             env_vars = dict(self.secrets)
             self.trace.note(f"setup: trusting {self.record.trust}")
             if self.ca_bundle is not None:
-                bundle = self.ca_bundle
-                sandbox.exec(["sh", "-c", f"cat > {CA_PATH}"], feed_stdin=lambda send: send(bundle))
+                sandbox.write_file(CA_PATH, self.ca_bundle)
                 env_vars |= {name: CA_PATH for name in CA_VARIABLES}
             try:
                 code = sandbox.run_setup(commands, env_vars, log.write, deadline=time.monotonic() + setup.timeout)

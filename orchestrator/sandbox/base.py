@@ -77,6 +77,22 @@ class NoEnvironments:
         pass
 
 
+@dataclass(frozen=True)
+class ImageBuild:
+    """A project's Dockerfile to build as its sandbox image, with egress to `allow_hosts` only."""
+
+    context: bytes  # a tar archive of the build context
+    context_digest: str  # of every file in it
+    dockerfile: str  # its path in the context
+    dockerfile_text: bytes
+    args: dict[str, str]
+    target: str | None
+    allow_hosts: tuple[str, ...]
+    memory: int
+    timeout: float
+    log: Callable[[str], None]  # each line the build prints
+
+
 class Stream(Protocol):
     """One process in a box, with its stdin and stdout attached; stderr is kept as a short tail."""
 
@@ -129,6 +145,14 @@ class Backend(Protocol):
     def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
         """Make sure what a box of `spec` needs is where boxes start (its image, ...), saying what it does
         through `log`; returns what run.json records of it. Raises SandboxError."""
+
+    def with_tool_runtime(self, spec: SandboxSpec, log: Log) -> tuple[SandboxSpec, dict[str, Any]]:
+        """`spec` on an image whose boxes carry airlock's tool runtime (sandbox_image/runtime.sh), made when
+        missing, and what run.json records of it. Raises SandboxError."""
+
+    def build_image(self, spec: SandboxSpec, build: ImageBuild) -> tuple[str, bool]:
+        """The image `build` makes (found by a key of everything it reads, else built through an egress proxy),
+        and whether it was built now. Raises SandboxError."""
 
     def check(self, spec: SandboxSpec) -> None:
         """Before anything is made: UsageError for what makes `start` fail for certain (an unknown image)."""

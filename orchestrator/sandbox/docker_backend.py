@@ -32,11 +32,13 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from orchestrator.errors import SandboxError, UsageError
-from orchestrator.sandbox.base import OUT_OF_MEMORY, Log, NameInUse, Stream
+from orchestrator.sandbox.base import OUT_OF_MEMORY, ImageBuild, Log, NameInUse, Stream
 from orchestrator.sandbox.channel import run_command
+from orchestrator.sandbox.docker_build import build_project_image
 from orchestrator.sandbox.docker_client import docker_client, engine_address, parse_time
 from orchestrator.sandbox.docker_egress import Proxy, proxy_log, remove_networks, remove_outdated_proxy_images, start_proxy
 from orchestrator.sandbox.docker_environments import DockerEnvironments
+from orchestrator.sandbox.docker_tool_runtime import carries_runtime, refusal, remove_outdated_derived_images, with_tool_runtime
 from orchestrator.sandbox.engines import ensure_image, local_engine_client
 from orchestrator.sandbox.hijack import pipe_of
 from orchestrator.sandbox.spec import DEADLINE_LABEL, DEFAULT_IMAGE, ENV_ROOT, Layout, SandboxSpec, owner_labels, owner_tag, sandbox_labels
@@ -50,6 +52,7 @@ CREATED_GRACE_S = 300.0  # a container another airlock created but has not start
 _STDOUT, _STDERR = 1, 2
 _HEADER = 8  # Docker's multiplexed stream: 1 byte stream type, 3 zero bytes, 4 bytes big-endian size
 LAYOUT = Layout()
+IMAGE_VOLUME_BYTES = 64 * 1024**2  # each of an --image's VOLUME folders
 
 
 def _tmpfs(size: int, *, owner: str | None = None, mode: str = "0755", exec_: bool = True) -> str:
@@ -71,6 +74,8 @@ def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, An
         # Root-owned, so the agent cannot swap the tool code under the server.
         layout.tools_parent: _tmpfs(16 * 1024**2, exec_=False),
     }
+    for folder in spec.image_volumes:
+        tmpfs.setdefault(folder, _tmpfs(IMAGE_VOLUME_BYTES, owner=spec.user))
     environment = spec.environment_vars()
     if spec.env_disk:  # a setup sandbox: the environment it makes, streamed out at the end
         tmpfs[ENV_ROOT] = _tmpfs(spec.env_disk, owner=spec.user)
@@ -79,8 +84,11 @@ def create_kwargs(spec: SandboxSpec, proxy: Proxy | None = None) -> dict[str, An
         environment |= {"NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
     return dict(
         image=spec.image,
-        # Lives as long as its stdin is open: see the module's docstring.
-        command=["cat"],
+        # Lives as long as its stdin is open: see the module's docstring. Neither the image's entrypoint
+        # nor its health check runs.
+        entrypoint=[layout.program("cat")],
+        command=["-"],
+        healthcheck={"test": ["NONE"]},
         stdin_open=True,
         user=KEEPER_USER,  # every process airlock starts names its user (spec.user) itself
         working_dir=layout.workspace,
@@ -255,7 +263,7 @@ class DockerBox:
     def end_processes(self, user: str) -> None:
         # kill(-1) from inside reaches every process of its uid in the box's PID namespace but itself,
         # and never the main process, which runs as KEEPER_USER.
-        stream = self.attach(["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], user=user, stdin=False)
+        stream = self.attach([self.layout.program("sh"), "-c", "kill -KILL -1 2>/dev/null; exit 0"], user=user, stdin=False)
         run_command(stream, "kill -KILL -1", timeout=30.0)
 
     def egress_log(self) -> str:
@@ -327,16 +335,37 @@ class DockerBackend:
                 source.close()
         return {"engine": self.engine, "image_id": image_id}
 
+    def build_image(self, spec: SandboxSpec, build: ImageBuild) -> tuple[str, bool]:
+        try:
+            return build_project_image(self.client, spec, build)
+        finally:
+            remove_run(self.client, spec.run_id)  # the build's egress proxy and network
+
+    def with_tool_runtime(self, spec: SandboxSpec, log: Log) -> tuple[SandboxSpec, dict[str, Any]]:
+        source = local_engine_client(self.engine)  # a remote engine is sent the images the derived one is made of
+        try:
+            ensure_image(self.client, spec.image, where=self.engine, source=source, log=log)
+            if not carries_runtime(self.client.api.inspect_image(spec.image)):
+                ensure_image(self.client, DEFAULT_IMAGE, where=self.engine, source=source, log=log)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxError(f"could not look up the sandbox image {spec.image!r}: {docker_message(exc)}") from None
+        finally:
+            if source is not None:
+                source.close()
+        return with_tool_runtime(self.client, spec, log)
+
     def check(self, spec: SandboxSpec) -> None:
         source = local_engine_client(self.engine)  # a remote engine is sent this machine's image (see prepare)
         try:
             self._check_runtime(spec)
             for client in (self.client, *([source] if source is not None else [])):
                 try:
-                    client.images.get(spec.image)
-                    return
+                    image = client.api.inspect_image(spec.image)
                 except docker.errors.ImageNotFound:
                     continue
+                if why := refusal(client, image, spec):
+                    raise UsageError(why)
+                return
             raise UsageError(missing_image(spec.image, self._image_names()))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise SandboxError(f"could not look up the sandbox image {spec.image!r}: {docker_message(exc)}") from None
@@ -391,6 +420,7 @@ class DockerBackend:
         # Setup networks nobody uses any more (their run's containers are gone, or were removed above).
         remove_networks(self.client, [], unused_only=True, grace_s=CREATED_GRACE_S)
         remove_outdated_proxy_images(self.client)  # those of earlier sandbox images
+        remove_outdated_derived_images(self.client)
         return removed
 
     def describe(self) -> dict[str, Any]:

@@ -10,7 +10,9 @@ all streams), or, with AIRLOCK_DOCKER_SSH=openssh, through the `ssh` client (whi
 from __future__ import annotations
 
 import importlib
+import io
 import os
+import tarfile
 from datetime import datetime
 from typing import Any
 
@@ -119,3 +121,14 @@ def parse_time(value: Any) -> float | None:
         return datetime.fromisoformat(value[:26].rstrip("Z") + "+00:00").timestamp()
     except ValueError:
         return None
+
+
+def dockerfile_context(dockerfile: str) -> io.BytesIO:
+    """A build context that holds a Dockerfile and nothing else, for the engine's builder."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile.encode())
+        tar.addfile(info, io.BytesIO(dockerfile.encode()))
+    context.seek(0)
+    return context

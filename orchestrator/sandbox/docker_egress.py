@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import tarfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +25,9 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.docker_client import parse_time
+from orchestrator.sandbox.docker_client import dockerfile_context, parse_time
 from orchestrator.sandbox.egress import CREDENTIALS_FILE, PROXY_PORT, Credential, credentials_config, squid_config
+from orchestrator.sandbox.engines import inspect_image
 from orchestrator.sandbox.hijack import pipe_of
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 
@@ -83,18 +82,10 @@ def remove_outdated_proxy_images(client: docker.DockerClient) -> None:
 def proxy_image(client: docker.DockerClient, log: Any = lambda _line: None) -> str:
     """The proxy image for the current sandbox image, built when missing (about half a minute, once)."""
     tag, base_id = _current_tag(client)
-    try:
-        client.api.inspect_image(tag)
+    if inspect_image(client, tag) is not None:
         return tag
-    except docker.errors.ImageNotFound:
-        pass
     log(f"building the egress proxy image {tag} (Debian's squid, once per sandbox image)")
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(PROXY_DOCKERFILE.encode())
-        tar.addfile(info, io.BytesIO(PROXY_DOCKERFILE.encode()))
-    context.seek(0)
+    context = dockerfile_context(PROXY_DOCKERFILE)
     try:
         for chunk in client.api.build(
             fileobj=context, custom_context=True, tag=tag, buildargs={"BASE": base_id}, rm=True, forcerm=True, pull=False, decode=True, timeout=None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import tarfile
 import time
@@ -25,13 +26,13 @@ from orchestrator.sandbox.env_archive import PackStats, StreamFile, copy_checked
 from orchestrator.sandbox.repo_tar import CopyStats, Extra, Progress, RepoScan, write_tar
 from orchestrator.sandbox.spec import ENV_EXCLUDE, ENV_ROOT, ENV_WORKSPACE, PROJECT_MARKER, PROJECT_PREFIX, VENV, SandboxSpec
 
-# -S: no site-packages, so a virtualenv first on PATH (a setup phase's) cannot load code into airlock's tools.
-PYTHON = ["python3", "-E", "-s", "-S", "-B"]
+# How the tool runtime's Python runs the tools: -S, no site-packages, so nothing of the project's loads into them.
+PYTHON_FLAGS = ["-E", "-s", "-S", "-B"]
 DOES_NOT_APPLY = "baseline apply: the patch does not apply: "  # baseline.py's words for a patch at fault
 # Unpacking a big repo and recording its baseline can take minutes on a slow disk or a busy machine.
 PREPARE_TIMEOUT_S = 600.0
 EDITABLE_FAILED = "airlock: the project could not be installed editable"  # said on stderr by _restore_environment
-UNTAR = ["tar", "-x", "--no-same-owner", "-f", "-", "-C", "/"]  # member names carry their absolute folder
+UNTAR = ["-x", "--no-same-owner", "-f", "-", "-C", "/"]  # tar's: member names carry their absolute folder
 
 
 def tools_tar() -> bytes:
@@ -58,7 +59,7 @@ class Sandbox:
 
     def exec(self, cmd: list[str], *, user: str | None = None, feed_stdin: Feed | None = None, timeout: float = 300.0) -> ExecResult:
         """Run one command to its end; SandboxError if it fails, with the last line of its stderr."""
-        what = " ".join(arg for arg in cmd if not arg.startswith("-"))[:100]
+        what = " ".join([os.path.basename(cmd[0]), *(arg for arg in cmd[1:] if not arg.startswith("-"))])[:100]  # the program by its name
         stream = self.box.attach(cmd, user=user or self.spec.user, stdin=feed_stdin is not None)
         result = run_command(stream, what, feed_stdin=feed_stdin, timeout=timeout)
         if result.exit_code != 0:
@@ -69,7 +70,9 @@ class Sandbox:
     def copy_in(self, scan: RepoScan, *, extra: Extra | None = None, progress: Progress | None = None) -> CopyStats:
         """Stream the scanned working tree into the workspace (and `extra` where it says), nothing else."""
         stats: list[CopyStats] = []
-        self.exec(UNTAR, feed_stdin=lambda send: stats.append(self._repo_tar(scan, send, extra, progress)), timeout=PREPARE_TIMEOUT_S)
+        self.exec(
+            [self.layout.program("tar"), *UNTAR], feed_stdin=lambda send: stats.append(self._repo_tar(scan, send, extra, progress)), timeout=PREPARE_TIMEOUT_S
+        )
         return stats[0]
 
     def copy_files(self, files: dict[str, bytes]) -> None:
@@ -81,13 +84,21 @@ class Sandbox:
         if self.box.has_tools:
             return
         archive = tools_tar()
-        self.exec(["tar", "-x", "--no-same-owner", "-f", "-", "-C", self.layout.tools_parent], user=ROOT_USER, feed_stdin=lambda send: send(archive))
+        self.exec(
+            [self.layout.program("tar"), "-x", "--no-same-owner", "-f", "-", "-C", self.layout.tools_parent],
+            user=ROOT_USER,
+            feed_stdin=lambda send: send(archive),
+        )
 
     def restore_environment_files(self) -> None:
         """Copy what the setup phase created in the repo (node_modules, egg-info, ...) from the environment
         image back into the workspace; the baseline leaves those files out, so no patch carries them."""
         if self.spec.environment:
-            self.exec(["sh", "-c", self._restore_environment()])
+            self.exec([self.layout.program("sh"), "-c", self._restore_environment()])
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """`data` into the file `path` inside the sandbox, as the sandbox user."""
+        self.exec([self.layout.program("sh"), "-c", f'exec {self.layout.program("cat")} > "$0"', path], feed_stdin=lambda send: send(data))
 
     def _restore_environment(self) -> str:
         """Copy the setup's files back, then install the project editable when the environment says so (offline:
@@ -95,13 +106,24 @@ class Sandbox:
         workspace = self.layout.workspace
         install = shlex.join([f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--prefix", PROJECT_PREFIX, "-e", "."])  # fmt: skip
         return (
-            f"if [ -d {ENV_WORKSPACE} ]; then cp -a --no-preserve=ownership {ENV_WORKSPACE}/. {workspace}/; fi; "
+            f"if [ -d {ENV_WORKSPACE} ]; then {self.layout.program('cp')} -a --no-preserve=ownership {ENV_WORKSPACE}/. {workspace}/; fi; "
             f"if [ -f {PROJECT_MARKER} ]; then (cd {workspace} && {install}) >&2 || echo {shlex.quote(EDITABLE_FAILED)} >&2; fi"
         )
 
     def _environment_tool(self, command: str) -> list[str]:
         layout = self.layout
-        return [*PYTHON, f"{layout.tools_dir}/environment.py", command, "--root", layout.workspace, "--state", layout.state, "--env", ENV_ROOT]
+        return [
+            layout.python,
+            *PYTHON_FLAGS,
+            f"{layout.tools_dir}/environment.py",
+            command,
+            "--root",
+            layout.workspace,
+            "--state",
+            layout.state,
+            "--env",
+            ENV_ROOT,
+        ]
 
     def run_setup(self, commands: list[str], secrets: dict[str, str], output: Callable[[bytes], None], deadline: float) -> int | None:
         """Run the setup commands in the workspace, their output streamed to `output`; their exit status (the
@@ -159,11 +181,11 @@ class Sandbox:
         `sent` is told once the whole archive is on its way."""
         self.install_tools()
         workspace, git_dir = self.layout.workspace, f"{self.layout.workspace}/.git"
-        steps = [shlex.join(UNTAR), *([self._restore_environment()] if self.spec.environment else [])]
+        steps = [shlex.join([self.layout.program("tar"), *UNTAR]), *([self._restore_environment()] if self.spec.environment else [])]
         if extra and f"{git_dir}/HEAD" in extra:
-            steps.append(shlex.join(["git", f"--git-dir={git_dir}", f"--work-tree={workspace}", "read-tree", "HEAD"]))
+            steps.append(shlex.join([self.layout.program("git"), f"--git-dir={git_dir}", f"--work-tree={workspace}", "read-tree", "HEAD"]))
         steps += [shlex.join(self._baseline("init", objects_from=objects_from)) + " >&2", "exec " + shlex.join(self._server())]
-        stream = self.box.attach(["sh", "-c", " && ".join(steps)], user=self.spec.user, stdin=True)
+        stream = self.box.attach([self.layout.program("sh"), "-c", " && ".join(steps)], user=self.spec.user, stdin=True)
         try:
             stats = self._repo_tar(scan, stream.send, extra, progress)
         except OSError as exc:  # the process ended early (no room, killed): its own words say more than ours
@@ -186,13 +208,22 @@ class Sandbox:
 
     def _baseline(self, command: str, git_dir: str | None = None, objects_from: str | None = None) -> list[str]:
         layout = self.layout
-        cmd = [*PYTHON, f"{layout.tools_dir}/baseline.py", command, "--root", layout.workspace, "--git-dir", git_dir or layout.baseline_git_dir]
+        cmd = [
+            layout.python,
+            *PYTHON_FLAGS,
+            f"{layout.tools_dir}/baseline.py",
+            command,
+            "--root",
+            layout.workspace,
+            "--git-dir",
+            git_dir or layout.baseline_git_dir,
+        ]
         cmd += ["--exclude-from", ENV_EXCLUDE] if self.spec.environment else []
         return cmd + (["--objects-from", objects_from] if objects_from else [])
 
     def _server(self) -> list[str]:
         return [
-            *PYTHON, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
+            self.layout.python, *PYTHON_FLAGS, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
             "--max-output-bytes", str(self.spec.max_output_bytes),
             "--command-timeout", str(self.spec.command_timeout),
             *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []),

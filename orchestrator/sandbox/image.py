@@ -36,10 +36,11 @@ BASE_ROOTFS_IMAGE = "airlock-base:bookworm"
 REGISTRY_BASE = "debian:bookworm-slim"
 SUITE = "bookworm"
 # What the agent's tools need (Python and Node.js projects alike: `python`, venvs, npm, make), the CA
-# certificates a setup phase needs to install dependencies over TLS, and tini: a PID 1 that reaps zombies.
+# certificates a setup phase needs to install dependencies over TLS, tini: a PID 1 that reaps zombies, and
+# patchelf, which makes the tool runtime's programs start with their own loader (sandbox_image/runtime.sh).
 PACKAGES: tuple[str, ...] = (
     "python3", "python-is-python3", "python3-pytest", "python3-venv", "git", "ripgrep", "make", "nodejs", "npm",
-    "ca-certificates", "tini",
+    "ca-certificates", "tini", "patchelf",
 )  # fmt: skip
 # Commands the image must offer, checked by `airlock doctor` in a throwaway container.
 COMMANDS = ("python3", "python", "git", "rg", "make", "node", "npm")
@@ -98,7 +99,8 @@ def build_digest(base_mode: BaseMode, packages: Iterable[str] = PACKAGES) -> str
     if base_mode is BaseMode.AUTO:
         raise ValueError("the digest is defined for a concrete base mode")
     h = hashlib.sha256(b"airlock-sandbox-image/v1\0")
-    h.update((context_dir() / "Dockerfile").read_bytes())
+    for name in ("Dockerfile", "runtime.sh"):
+        h.update((context_dir() / name).read_bytes() + b"\0")
     h.update(b"\0" + " ".join(packages).encode() + b"\0" + base_mode.value.encode())
     return h.hexdigest()
 

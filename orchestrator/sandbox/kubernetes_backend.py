@@ -31,7 +31,7 @@ from kubernetes.stream import ws_client
 
 import tools
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import Log, NoEnvironments, Stream
+from orchestrator.sandbox.base import ImageBuild, Log, NoEnvironments, Stream
 from orchestrator.sandbox.channel import run_command
 from orchestrator.sandbox.kube_manifests import (
     CONTAINER,
@@ -138,7 +138,7 @@ class KubeBox:
     def end_processes(self, user: str) -> None:
         # Exec runs everything as the pod's one uid, so kill(-1) would take the lifeline too: every process but
         # the pod's init (PID 1), the lifeline it started first (its lowest-numbered child) and this shell.
-        stream = self.attach(["/bin/sh", "-c", END_PROCESSES], user=user, stdin=False)
+        stream = self.attach([self.layout.program("sh"), "-c", END_PROCESSES], user=user, stdin=False)
         run_command(stream, "end the agent's processes", timeout=30.0)
 
     def egress_log(self) -> str:
@@ -239,6 +239,14 @@ class KubernetesBackend:
     def check(self, spec: SandboxSpec) -> None:
         pass  # the image is in a registry only the nodes see: a missing one fails the pod's start, named then
 
+    def build_image(self, spec: SandboxSpec, build: ImageBuild) -> tuple[str, bool]:
+        raise SandboxError("--backend kubernetes builds no image: build the project's image FROM airlock-sandbox, push it, and give it with --image")
+
+    def with_tool_runtime(self, spec: SandboxSpec, log: Log) -> tuple[SandboxSpec, dict[str, Any]]:
+        # The nodes pull the image from a registry airlock cannot build into: it must carry the runtime
+        # itself (an image built FROM airlock-sandbox does), as the README says.
+        return spec, {}
+
     def prepare(self, spec: SandboxSpec, log: Log) -> dict[str, Any]:
         """The deny-all NetworkPolicy and the tool code's ConfigMap, created in the namespace if missing."""
         namespace = self.namespace
@@ -323,7 +331,7 @@ class KubernetesBackend:
         if api.hostname:
             targets.append(f"{api.hostname}:{api.port or (443 if api.scheme == 'https' else 80)}")
         source = (Path(tools.__file__).parent / "egress_probe.py").read_bytes()
-        stream = box.attach(["python3", "-E", "-s", "-B", "-", *targets], user=spec.user, stdin=True)
+        stream = box.attach([box.layout.python, "-E", "-s", "-B", "-", *targets], user=spec.user, stdin=True)
         result = run_command(stream, "the egress probe", feed_stdin=lambda send: send(source), timeout=60)
         try:
             found = json.loads(result.stdout)

@@ -106,10 +106,11 @@ def _member(name: str, st: os.stat_result) -> tarfile.TarInfo:
 
 def write_tar(scan: RepoScan, send: Callable[[bytes], None], *, into: str, extra: Extra | None = None, progress: Progress | None = None) -> CopyStats:
     """Stream the scanned tree (files, folders, symlinks as links) as a tar archive through `send`,
-    its members under `into` (an absolute folder in the sandbox), then the `extra` members.
+    its members under `into` (an absolute folder in the sandbox; "/" for an archive of relative names, such
+    as a build context), then the `extra` members.
 
     A file that can no longer be read is skipped and named; the counts are of what was streamed."""
-    prefix = into.strip("/") + "/"
+    prefix = into.strip("/") + "/" if into.strip("/") else ""
     stats = CopyStats(hidden=list(scan.stats.hidden), skipped=list(scan.stats.skipped))
     sent = reported = 0  # bytes of files streamed, the extra ones included
     with tarfile.open(fileobj=_ChunkWriter(send), mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]

@@ -22,9 +22,16 @@ OWNER_ENV, OWNER_LABEL = "AIRLOCK_OWNER", "airlock.owner"
 # dropped-bytes marker and the exit-code footer, so the host's own cap never cuts the result a second time.
 OUTPUT_MARKER_ROOM = 200
 
+# airlock's own programs (sandbox_image/runtime.sh), self-contained and read-only in every image a sandbox
+# runs: the tool server's Python, and the git, tar and shell it runs, whatever the image holds. Last on PATH,
+# so the image's own python3, git and bash stay the project's.
+RUNTIME = "/opt/airlock-runtime"
+RUNTIME_BIN = f"{RUNTIME}/bin"
+RUNTIME_LABEL = "airlock.runtime"  # on an image that carries the runtime at RUNTIME
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # an image's PATH when it names none
+
 # The only environment inside: nothing from the host, never the API key, nothing that waits for input.
 SANDBOX_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/home/airlock",
     "LANG": "C.UTF-8",
     "TERM": "dumb",
@@ -49,8 +56,7 @@ ENV_EXCLUDE = f"{ENV_ROOT}/workspace.exclude"  # gitignore lines naming those fi
 # network, under PROJECT_PREFIX (the sandbox user's home), which a .pth in the virtualenv adds to its path.
 PROJECT_MARKER = f"{ENV_ROOT}/project-editable"
 PROJECT_PREFIX = "/home/airlock/.airlock-project"
-ENVIRONMENT_PATH = f"{VENV}/bin:{PROJECT_PREFIX}/bin:/workspace/node_modules/.bin:{SANDBOX_ENV['PATH']}"
-ENVIRONMENT_ENV = {"PATH": ENVIRONMENT_PATH, "VIRTUAL_ENV": VENV}
+ENVIRONMENT_PATH = f"{VENV}/bin:{PROJECT_PREFIX}/bin:/workspace/node_modules/.bin"  # before the image's own PATH
 # Setup sandboxes only: caches go to /tmp (never into the environment), no chatter with the registries.
 SETUP_ENV = {
     "PIP_NO_CACHE_DIR": "1",
@@ -68,6 +74,16 @@ class Layout:
     workspace: str = "/workspace"
     tools_parent: str = "/opt/airlock"  # the tool code goes into <tools_parent>/tools, written as root
     state: str = "/var/lib/airlock"  # airlock's own files (the baseline), outside the repo
+    runtime: str = RUNTIME  # the tool runtime: the programs the driver and the tools run
+
+    def program(self, name: str) -> str:
+        """One of the tool runtime's programs (git, tar, sh, cat, cp)."""
+        return f"{self.runtime}/bin/{name}"
+
+    @property
+    def python(self) -> str:
+        """The tool runtime's Python, never the image's."""
+        return f"{self.runtime}/python/bin/python3"
 
     @property
     def tools_dir(self) -> str:
@@ -111,12 +127,19 @@ class SandboxSpec:
     environment: bool = False
     # Unique among running sandboxes: starting a second one with the same name raises NameInUse.
     name: str | None = None
+    # The image's own PATH (its config's), so a golang or node image finds its toolchain.
+    path: str = IMAGE_PATH
+    # The image's VOLUME folders: each gets a small tmpfs, so no anonymous volume (unbounded, writable) is made.
+    image_volumes: tuple[str, ...] = ()
 
     def environment_vars(self) -> dict[str, str]:
-        """The sandbox's whole environment: never anything from the host."""
-        if self.egress is not None:
-            return SANDBOX_ENV | ENVIRONMENT_ENV | SETUP_ENV
-        return SANDBOX_ENV | (ENVIRONMENT_ENV if self.environment else {})
+        """The sandbox's whole environment: never anything from the host (the image's own variables, which
+        the engine adds, are the project's)."""
+        path = f"{self.path}:{RUNTIME_BIN}"
+        if self.egress is None and not self.environment:
+            return SANDBOX_ENV | {"PATH": path}
+        environment = SANDBOX_ENV | {"PATH": f"{ENVIRONMENT_PATH}:{path}", "VIRTUAL_ENV": VENV}
+        return environment | (SETUP_ENV if self.egress is not None else {})
 
     @property
     def own_kernel(self) -> bool:

@@ -16,8 +16,10 @@ from helpers import SESSION_OWNER, Result, airlock, airlock_env
 from package_index import PackageIndex, build_wheel
 
 from orchestrator.providers.scripted import ScriptedModelServer, Turn
+from orchestrator.sandbox.docker_build import BUILD_LABEL
 from orchestrator.sandbox.docker_egress import NETWORK_LABEL
 from orchestrator.sandbox.docker_environments import ENV_LABEL
+from orchestrator.sandbox.docker_tool_runtime import DERIVED_LABEL
 from orchestrator.sandbox.spec import LABEL, OWNER_LABEL
 
 
@@ -39,9 +41,10 @@ def session_networks(client: docker.DockerClient) -> set[str]:
 
 @pytest.fixture(autouse=True)
 def no_container_left_behind(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[None]:
-    """Every test must leave no airlock sandbox (nor egress proxy, nor setup network) behind: its runs have
-    ended when it returns."""
+    """Every test must leave no airlock sandbox (nor egress proxy, setup network or volume) behind: its runs
+    have ended when it returns."""
     before, networks_before = session_sandboxes(docker_client), session_networks(docker_client)
+    volumes_before = {volume.name for volume in docker_client.volumes.list()}
     yield
     leftover = session_sandboxes(docker_client) - before
     for name in leftover:  # clean up so one leak does not fail every later test, then fail this one
@@ -51,17 +54,25 @@ def no_container_left_behind(request: pytest.FixtureRequest, docker_client: dock
     for name in left_networks:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.networks.get(name).remove()
+    # Volumes carry no owner: an image's VOLUME makes an anonymous one unless a mount covers it.
+    left_volumes = {volume.name for volume in docker_client.volumes.list()} - volumes_before
+    for name in left_volumes:
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.volumes.get(name).remove(force=True)
     assert not leftover, f"{request.node.name} left sandbox containers behind: {sorted(leftover)}"
+    assert not left_volumes, f"{request.node.name} left volumes behind: {sorted(left_volumes)}"
     assert not left_networks, f"{request.node.name} left setup networks behind: {sorted(left_networks)}"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_environment_left_behind(docker_client: docker.DockerClient) -> Iterator[None]:
-    """Environment images are a cache meant to outlive runs; this session's go when it ends."""
+    """Environment images, project images and images with the tool runtime added are caches meant to outlive
+    runs; this session's go when it ends (those made from others first)."""
     yield
-    for image in docker_client.images.list(filters={"label": [ENV_LABEL, f"{OWNER_LABEL}={SESSION_OWNER}"]}):
-        with contextlib.suppress(docker.errors.APIError):
-            docker_client.images.remove(image.id, force=True)
+    for label in (ENV_LABEL, DERIVED_LABEL, BUILD_LABEL):
+        for image in docker_client.images.list(filters={"label": [label, f"{OWNER_LABEL}={SESSION_OWNER}"]}):
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(image.id, force=True)
 
 
 @pytest.fixture(params=["runc", "runsc"])

@@ -60,7 +60,9 @@ def test_container_is_created_hardened(run_scripted, calculator_repo: Path, dock
     assert env["GIT_TERMINAL_PROMPT"] == "0" and env["PAGER"] == "cat" and env["GIT_EDITOR"] == "true"
     assert config["Tty"] is False
     # Its main process reads the stdin only the owner holds (attached once): the owner gone, the sandbox stops.
-    assert config["Cmd"] == ["cat"] and config["OpenStdin"] is True and config["StdinOnce"] is True
+    # It is the tool runtime's cat, never the image's entrypoint, and no health check of the image runs.
+    assert config["Entrypoint"] == ["/opt/airlock-runtime/bin/cat"] and config["Cmd"] == ["-"] and config["Healthcheck"] == {"Test": ["NONE"]}
+    assert config["OpenStdin"] is True and config["StdinOnce"] is True
     assert int(labels["airlock.deadline"]) > time.time()
     assert not any(k.lower().endswith("_proxy") for k in env)
 

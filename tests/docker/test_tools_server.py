@@ -528,11 +528,12 @@ def test_search_errors(server: Server, code: Path) -> None:
     assert error(server.call("search", pattern="x", path="missing")) == "path not found: missing"
 
 
-def test_search_without_ripgrep_suggests_grep(start_server: Callable[..., Server], tmp_path: Path) -> None:
+def test_search_uses_the_tool_runtimes_ripgrep_whatever_the_path(start_server: Callable[..., Server], root: Path, tmp_path: Path) -> None:
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
-    server = start_server(env={"PATH": str(empty_bin)})
-    assert "ripgrep (rg) is not installed" in error(server.call("search", pattern="x"))
+    (root / "found.txt").write_text("needle\n")
+    server = start_server(env={"PATH": str(empty_bin)})  # an image with no rg of its own
+    assert ok(server.call("search", pattern="needle")) == "found.txt:1:needle"
 
 
 # --- run_bash ----------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class HostileBox(LocalBox):
     stand_in: list[str] = []
 
     def attach(self, cmd: list[str], *, user: str, stdin: bool) -> LocalStream:
-        if cmd[:2] == ["sh", "-c"] and "/server.py" in cmd[2]:  # copy-in and baseline, then `exec` the server
+        if cmd[:2] == [self.layout.program("sh"), "-c"] and "/server.py" in cmd[2]:  # copy-in and baseline, then `exec` the server
             cmd = [*cmd[:2], cmd[2][: cmd[2].rindex("exec ")] + "exec " + shlex.join(self.stand_in)]
         elif any(arg.endswith("/server.py") for arg in cmd):
             cmd = self.stand_in

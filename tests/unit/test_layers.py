@@ -30,7 +30,8 @@ ALLOWED = {
 # connection, the image builder, the image on remote engines, doctor.
 DOCKER_MODULES = {
     "orchestrator.sandbox.docker_backend", "orchestrator.sandbox.docker_egress", "orchestrator.sandbox.docker_environments",
-    "orchestrator.sandbox.docker_client", "orchestrator.sandbox.image", "orchestrator.sandbox.engines", "orchestrator.doctor",
+    "orchestrator.sandbox.docker_client", "orchestrator.sandbox.docker_tool_runtime", "orchestrator.sandbox.docker_build",
+    "orchestrator.sandbox.image", "orchestrator.sandbox.engines", "orchestrator.doctor",
 }  # fmt: skip
 
 

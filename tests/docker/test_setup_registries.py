@@ -5,6 +5,7 @@ host's own pip does (this machine's egress inspects TLS)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -77,17 +78,23 @@ def test_without_the_hosts_bundle_an_inspected_egress_fails_with_its_cause_in_on
     assert result.stdout.index(f"setup failed: the setup failed (exit code 1): {cause}") < result.stdout.index("setup log (last lines):")
 
 
-def test_an_npm_install_of_about_a_thousand_packages_goes_through_the_proxy(run_scripted, tmp_path: Path) -> None:
-    """express's own dependencies and dev tools, no lock file: about a thousand tunnels through squid (a run
-    like it once ended in a reset tunnel)."""
+def test_an_npm_install_of_hundreds_of_packages_goes_through_the_proxy(run_scripted, tmp_path: Path) -> None:
+    """express's own dependencies and dev tools, no lock file: some 400 packages, each a manifest and a tarball
+    fetched through squid (a run like it once ended in a reset tunnel). How many tunnels carry those requests
+    is npm's choice (it reuses kept-alive ones: 755 to 945 were seen), so the packages installed are
+    counted, not the tunnels."""
     repo = tmp_path / "many"
     shutil.copytree(FIXTURES / "node_many_packages", repo)
-    turns = [reply(tool_use("run_bash", command="npm test")), reply(text("done"))]
+    count = "echo packages=$(npm ls --all --parseable 2>/dev/null | sort -u | wc -l); npm test"
+    turns = [reply(tool_use("run_bash", command=count)), reply(text("done"))]
     result, _ = run_scripted(repo, turns, "--setup", "auto", "--verify", "npm test")
 
     assert result.exit_code == 0, result.stdout + result.stderr
     setup = result.record["setup"]
     assert setup["commands"][1:] == ["npm install --no-package-lock"] and setup["inputs"]["mode"] == "manifests"
     (registry,) = [host for host in setup["hosts"] if host["host"] == "registry.npmjs.org"]
-    assert registry["allowed"] and registry["requests"] > 800
-    assert "1 passing" in result.events("tool_call")[0]["output"] and result.record["verify"]["passed"]
+    assert registry["allowed"] and registry["requests"] > 0 and not setup["refused"]
+    output = result.events("tool_call")[0]["output"]
+    installed = int(re.search(r"packages=(\d+)", output).group(1))  # type: ignore[union-attr]
+    assert installed > 300, output  # 410 when this was written; caret ranges let the registry move it a little
+    assert "1 passing" in output and result.record["verify"]["passed"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import stat
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from orchestrator.errors import SandboxError
 from orchestrator.policy.model import SetupPolicy
@@ -58,16 +58,16 @@ def _build(
     prefix = f"{project.context}/" if project.context else ""
     hosts = normalise_hosts(setup.allow_hosts)
     causes = CauseWatch()
-
-    def line(text: str, log: TextIO) -> None:
-        print(text, file=log, flush=True)
-        causes.line(text)
-
     with open(out / BUILD_LOG, "w", encoding="utf-8") as log:
+
+        def line(text: str) -> None:  # each line of the build's output: into its log, and read for a cause
+            print(text, file=log, flush=True)
+            causes.line(text)
+
         build = ImageBuild(
             context=b"".join(archive), context_digest=tree_digest(context), dockerfile=dockerfile[len(prefix) :], dockerfile_text=text,
             args=project.args, target=project.target, allow_hosts=hosts, memory=setup.memory, timeout=setup.timeout,
-            log=lambda text: line(text, log),
+            log=line,
         )  # fmt: skip
         trace.note(f"{project.source}: the sandbox image is {dockerfile}, built with no way out but a proxy to: {', '.join(hosts) or 'none'}")
         try:

@@ -43,6 +43,15 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError("no free /30 in 10.231.0.0/16")
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie that nobody reaps."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 class EngineHost:
     def __init__(self) -> None:
         self.id = secrets.token_hex(3)
@@ -162,10 +171,23 @@ class EngineHost:
                 time.sleep(0.3)
 
     def kill_engine(self) -> None:
-        """The engine dies at once, as a crashed daemon would; its containers are not cleaned up."""
+        """The engine dies at once, as a crashed daemon would; its containers are not cleaned up.
+
+        Its containerd dies with it. Left alone, containerd lives on until its next log line meets the dead
+        engine's pipe; on a machine whose init reaps no orphans it then stays a zombie, which the pidfile
+        still names, and a restarted dockerd waits for that zombie's socket until it gives up.
+        """
         assert self._dockerd is not None
         self._dockerd.send_signal(signal.SIGKILL)
         self._dockerd.wait(timeout=30)
+        pidfile = self.root / "exec" / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        pidfile.unlink(missing_ok=True)
 
     def client(self, timeout: float = 60) -> docker.DockerClient:
         """A client on the engine's own socket (the tests' view, not through any transport under test)."""

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 3  # 3: signed lines; 2: the ready line says whether the server is protected
+PROTOCOL_VERSION = 4  # 4: the ready line says how the server sweeps; 3: signed lines; 2: the ready line says whether the server is protected
 REQUEST, REPLY = b"request", b"reply"
 KEY_LINE = re.compile(rb"[0-9a-f]{64}\n?")
 

@@ -6,7 +6,8 @@ It trusts nothing it is sent: a bad line, an unknown tool, a bad argument or a f
 becomes an error result, and the server reads on. It exits cleanly at the end of stdin.
 
 Before the first request it puts itself out of the agent's commands' reach and makes itself their
-subreaper (confine.py); its ready line says whether both held, and the host refuses a server that is not.
+subreaper, or under gVisor sweeps by uid (confine.py); its ready line says what held, and the host
+refuses a server that is not protected as it asked.
 The first line it reads is the channel's key: every later line in and out is signed with it
 (protocol.py), and a request line without the host's signature, or a replayed one, is ignored.
 """
@@ -84,7 +85,7 @@ def _valid_unicode(text: str) -> str:
     return text
 
 
-def serve(requests: BinaryIO, replies: BinaryIO, ctx: Context, key: bytes, protection: dict[str, bool] | None = None) -> None:
+def serve(requests: BinaryIO, replies: BinaryIO, ctx: Context, key: bytes, protection: dict[str, object] | None = None) -> None:
     ready = {"id": 0, "ready": True, "protocol": PROTOCOL_VERSION, "python": sys.version, **(protection or {})}
     send(replies, key, ready)
     last_id = 0
@@ -122,6 +123,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-output-bytes", type=int, default=30000, help="cap on a command's kept output")
     parser.add_argument("--command-timeout", type=float, default=120.0, help="longest a command may run (s)")
     parser.add_argument("--max-processes", type=int, default=None, help="RLIMIT_NPROC of every command (default: none)")
+    parser.add_argument("--sweep", choices=confine.SWEEPS, default="tree", help="how what a command leaves is found and ended (see confine.py)")
     options = parser.parse_args(argv)
     if not os.path.isdir(options.root):
         parser.error(f"--root {options.root!r} is not a directory")
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         command_timeout=options.command_timeout,
         max_processes=options.max_processes,
     )
-    protection = confine.protect()  # before any command runs, so none ever saw us reachable
+    protection = confine.protect(options.sweep)  # before any command runs, so none ever saw us reachable
     key_line = sys.stdin.buffer.readline()
     if not KEY_LINE.fullmatch(key_line):
         print("tool server: the first line must be the channel's key (64 hex digits)", file=sys.stderr)

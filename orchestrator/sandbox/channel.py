@@ -99,10 +99,11 @@ class ServerReady(_Line):
 
     id: Literal[0]
     ready: Literal[True]
-    protocol: Literal[3]
+    protocol: Literal[4]
     python: Annotated[str, Field(max_length=MAX_META_TEXT)]
     dumpable: bool
     subreaper: bool
+    sweep: Literal["tree", "uid"]  # how it ends what the commands leave: as their subreaper, or every process of its uid
 
 
 _Reply = TypeVar("_Reply", bound=_Line)
@@ -117,17 +118,19 @@ class ToolChannel:
     nesting, no NaN, exact types, no extra keys), so a forged, malformed, oversized, out-of-order or
     unexpected reply ends the channel with a SandboxError, never with anything else."""
 
-    def __init__(self, stream: Stream, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, stream: Stream, *, start_timeout: float = 30.0, sweep: str = "tree") -> None:
+        """`sweep`: the one the server was asked for (orchestrator.sandbox.driver, tools/confine.py)."""
         self._stream = stream
         self._buffer = bytearray()
         self._next_id = 1
         self._key = secrets.token_bytes(32)
         self._send(self._key.hex().encode() + b"\n")
         ready = self._read(ServerReady, time.monotonic() + start_timeout, "start")
-        if ready.dumpable or not ready.subreaper:
+        if ready.dumpable or ready.sweep != sweep or (sweep == "tree" and not ready.subreaper):
             raise SandboxError(
                 "the tool server could not protect itself from the agent's commands "
-                f"(non-dumpable: {not ready.dumpable}, subreaper: {ready.subreaper}): the kernel or container runtime refused prctl"
+                f"(non-dumpable: {not ready.dumpable}, subreaper: {ready.subreaper}, sweep: {ready.sweep}, asked: {sweep}): "
+                "the kernel or container runtime refused prctl"
             )
 
     def call(self, tool: str, args: dict[str, Any], timeout: float) -> ToolReply:

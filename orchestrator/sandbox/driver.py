@@ -170,7 +170,7 @@ class Sandbox:
         self.ready = True
 
     def start_tool_server(self) -> ToolChannel:
-        return ToolChannel(self.box.attach(self._server(), user=self.spec.user, stdin=True))
+        return ToolChannel(self.box.attach(self._server(), user=self.spec.user, stdin=True), sweep=self._sweep)
 
     def start(
         self, scan: RepoScan, *, extra: Extra | None = None, objects_from: str | None = None, progress: Progress | None = None,
@@ -193,7 +193,7 @@ class Sandbox:
         if sent is not None:
             sent(stats)
         try:
-            channel = ToolChannel(stream, start_timeout=PREPARE_TIMEOUT_S)
+            channel = ToolChannel(stream, start_timeout=PREPARE_TIMEOUT_S, sweep=self._sweep)
         except SandboxError:
             # The server refused to go on (or never started): the baseline exists if baseline.py said so
             # ({"files": N}, sent to stderr above), and then the patch can still be exported.
@@ -226,8 +226,14 @@ class Sandbox:
             self.layout.python, *PYTHON_FLAGS, f"{self.layout.tools_dir}/server.py", "--root", self.layout.workspace,
             "--max-output-bytes", str(self.spec.max_output_bytes),
             "--command-timeout", str(self.spec.command_timeout),
-            *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []),
+            *(["--max-processes", str(self.spec.pids)] if self.spec.own_kernel else []), "--sweep", self._sweep,
         ]  # fmt: skip
+
+    @property
+    def _sweep(self) -> str:
+        """By uid under a kernel of the sandbox's own (gVisor), whose subreapers can take the box down when
+        they die (tools/confine.py); as the commands' subreaper everywhere else."""
+        return "uid" if self.spec.own_kernel else "tree"
 
     def export_patch(self, timeout: float = 120.0) -> tuple[bytes, list[str]]:
         """The change since the baseline as a binary git diff (untrusted bytes), and the paths git could not record.

@@ -4,15 +4,23 @@ Each attack is made for real by a scripted model's commands in a real sandbox, u
 gVisor. The tool server runs as the commands' own uid; what protects it is that it is not dumpable (its
 /proc/<pid>/fd, mem and ptrace need a capability nobody has; gVisor still opens /proc/<pid>/fd), that
 every line of the channel is signed with a key no command ever saw (so a forged line is recognised on
-any runtime), and that it is its commands' subreaper (nothing they start outlives the call); its code is
-root's, and the container's main process is another uid."""
+any runtime), and that nothing its commands start outlives the call (it is their subreaper; under gVisor
+it ends every other process of its uid instead, see tools/confine.py); its code is root's, and the
+container's main process is another uid. Killing the server, at any moment, loses none of the work."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
 from pathlib import Path
 
-from orchestrator.providers.scripted import reply, text, tool_use
+import docker
+import pytest
+from helpers import SESSION_OWNER
+
+from orchestrator.providers.scripted import Scripted, reply, text, tool_use
+from orchestrator.sandbox.spec import LABEL, OWNER_LABEL, RUNTIME
 
 FORGED = "FORGED-BY-SANDBOX"
 # Finds the tool server by its command line, then tries every way in: its reply pipe (fd 1) to answer
@@ -161,11 +169,55 @@ def test_killing_the_tool_server_ends_the_run_cleanly_and_nothing_outlives_it(ru
     assert "Traceback" not in result.stdout + result.stderr
     record = result.record
     assert record["status"] == "sandbox_error" and "the tool server exited" in record["error"]
-    assert record["patch"]["exported"] is True
+    assert record["patch"]["exported"] is True, result.stdout + json.dumps(result.events()[-4:])
     assert b"kept.txt" in result.patch and b"during-export" not in result.patch
     assert [c["new_path"] for c in record["patch"]["changes"]] == ["kept.txt"]
     assert result.events()[-1]["type"] == "run_end" and result.events()[-1]["status"] == "sandbox_error"
     assert len(api.requests) == 3
+
+
+def kill_the_box_processes(docker_client: docker.DockerClient) -> None:
+    """From inside the session's one sandbox, as the commands' uid: every process of theirs, the tool server too."""
+    [box] = docker_client.containers.list(filters={"label": [LABEL, f"{OWNER_LABEL}={SESSION_OWNER}"]})
+    box.exec_run([f"{RUNTIME}/bin/sh", "-c", "kill -KILL -1"], user="1000:1000")
+
+
+def killing_soon(docker_client: docker.DockerClient, delay: float) -> None:
+    threading.Timer(delay, kill_the_box_processes, args=(docker_client,)).start()
+
+
+KEPT = reply(tool_use("write_file", path="kept.txt", content="work done before the kill\n"))
+
+
+@pytest.mark.parametrize("moment", ["during a long command", "during a write", "after the last reply"])
+def test_the_work_before_a_tool_server_kill_is_exported_whatever_the_moment(
+    run_scripted, calculator_repo: Path, runtime: str, docker_client: docker.DockerClient, moment: str
+) -> None:  # fmt: skip
+    def write_while_killed(request: dict) -> Scripted:
+        killing_soon(docker_client, 0.05)  # the big write is on its way, or being written, when the server dies
+        return reply(tool_use("write_file", path="big.txt", content="x" * 4_000_000))
+
+    def last_reply_then_kill(request: dict) -> Scripted:
+        killing_soon(docker_client, 0.0)
+        return reply(text("Done."))
+
+    turns = {
+        "during a long command": [KEPT, reply(tool_use("run_bash", command="(sleep 1; kill -KILL $PPID) & sleep 60")), reply(text("never asked"))],
+        "during a write": [KEPT, write_while_killed, reply(tool_use("run_bash", command="true")), reply(text("never asked"))],
+        "after the last reply": [KEPT, last_reply_then_kill],
+    }[moment]
+    result, api = run_scripted(calculator_repo, turns, "--runtime", runtime)
+
+    assert "Traceback" not in result.stdout + result.stderr
+    record = result.record
+    if moment == "after the last reply":  # the agent needed nothing more of the server: the run completed
+        assert result.exit_code == 0 and record["status"] == "completed", result.stdout
+    else:
+        assert result.exit_code == 3 and record["status"] == "sandbox_error", result.stdout
+        assert record["error"].startswith("the tool server"), record["error"]  # exited, or gone while it was sent the write
+    assert record["patch"]["exported"] is True, result.stdout + json.dumps(result.events()[-4:])
+    assert "kept.txt" in [c["new_path"] for c in record["patch"]["changes"]]
+    assert result.events()[-1]["type"] == "run_end"
 
 
 def test_stopping_the_tool_server_ends_the_run_cleanly(run_scripted, calculator_repo: Path) -> None:

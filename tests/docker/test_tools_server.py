@@ -181,7 +181,7 @@ def wait_dead(pid: int, within: float = 3.0) -> bool:
 def test_ready_line_comes_first(server: Server) -> None:
     assert server.ready["id"] == 0
     assert server.ready["ready"] is True
-    assert server.ready["protocol"] == 3
+    assert server.ready["protocol"] == 4
     assert server.ready["python"].split()[0].startswith("3.")
     assert server.ready["dumpable"] is False and server.ready["subreaper"] is True
 

@@ -32,7 +32,7 @@ from orchestrator.sandbox.channel import ToolChannel
 from orchestrator.sandbox.spec import SandboxSpec
 from tools import protocol as server_protocol
 
-READY = {"id": 0, "ready": True, "protocol": 3, "python": "3", "dumpable": False, "subreaper": True}
+READY = {"id": 0, "ready": True, "protocol": 4, "python": "3", "dumpable": False, "subreaper": True, "sweep": "tree"}
 GOOD = {"id": 1, "output": "ok", "is_error": False, "meta": {"exit_code": 0}}
 # How the stand-in server answers the first request: the exact bytes it writes.
 REPLIES: dict[str, tuple[bytes, str]] = {

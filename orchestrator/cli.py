@@ -12,8 +12,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn, TextIO
+from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -28,6 +30,9 @@ from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backe
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 from orchestrator.sizes import plural
 from orchestrator.terminal import safe
+
+if TYPE_CHECKING:
+    from orchestrator.run.checkpoint import Continuation
 
 app = typer.Typer(
     name="airlock",
@@ -230,10 +235,13 @@ def _model_name(provider: str, model: str | None) -> str:
     return model or DEFAULT_MODEL
 
 
-def _execute(config: RunConfig, provider: Provider, banner: str | None = None) -> RunRecord:
+def _execute(
+    config: RunConfig, provider: Provider, banner: str | Callable[[RunRecord], str] | None = None, continuation: Continuation | None = None
+) -> RunRecord:  # fmt: skip
     from orchestrator.run.runner import Run
 
-    return Run(config, provider, console).execute(banner)
+    run = Run(config, provider, console, continuation=continuation)
+    return run.execute(banner(run.record) if callable(banner) else banner)
 
 
 def _print_outputs(out: Path) -> None:
@@ -256,6 +264,57 @@ def replay(
     from orchestrator.run.replay import replay as replay_run
 
     raise typer.Exit(replay_run(run_dir, out, repo, ignore_regex or [], console))
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="The folder of a run cut short (killed, Ctrl-C, the host went down).")],
+    base_url: Annotated[str | None, typer.Option(help="API base URL (default: the SDK's, as for `airlock run`).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: the provider's).")] = None,
+    repo: Annotated[Path | None, typer.Option(help="The repo, when it has moved since the run (it must hold the same files).")] = None,
+    stop_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    rate_limit_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Continue a run cut short, in its own folder: its recorded steps are replayed into a new sandbox without
+    model requests (each tool result must match the recording), then it goes on live with the budget left."""
+    from orchestrator.run.resume import prepare_resume, read_run, resumed_banner
+
+    recorded = read_run(run_dir)
+    model = make_provider(
+        check_provider(recorded.provider), str(recorded.run["model"]), api_key=resolve_api_key(recorded.provider, api_key_env), base_url=base_url,
+        rate_limit_file=rate_limit_file, text_tool_calls=recorded.text_tool_calls,
+    )  # fmt: skip
+    config, continuation = prepare_resume(recorded, repo)
+    config = replace(config, stop_file=stop_file)
+    record = _execute(config, model, continuation=continuation, banner=resumed_banner)
+    _print_outputs(config.out)
+    raise typer.Exit(record.exit_code)
+
+
+@app.command()
+def fork(
+    run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A recorded run's folder.")],
+    at_step: Annotated[int, typer.Option(help="Replay the run's first N steps, then go on live from there.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder of the new run (default: ./airlock-runs/fork-<run-id>).")] = None,
+    task: Annotated[str | None, typer.Option(help="What the model is told after step N (default: nothing new; it goes on).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL (default: the SDK's, as for `airlock run`).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key (default: the provider's).")] = None,
+    repo: Annotated[Path | None, typer.Option(help="The repo, when it has moved since the run (it must hold the same files).")] = None,
+) -> None:
+    """Start a new run from the state after step N of a recorded one (replayed, no model requests), optionally with new instructions."""
+    from orchestrator.run.resume import forked_banner, prepare_fork, read_run
+
+    recorded = read_run(run_dir)
+    if task is not None and not task.strip():
+        raise UsageError("--task is empty: say what the model should do from that step on, or leave --task out")
+    model = make_provider(
+        check_provider(recorded.provider), str(recorded.run["model"]), api_key=resolve_api_key(recorded.provider, api_key_env), base_url=base_url,
+        text_tool_calls=recorded.text_tool_calls,
+    )  # fmt: skip
+    config, continuation = prepare_fork(recorded, at_step, out, task.strip() if task else None, repo)
+    record = _execute(config, model, continuation=continuation, banner=lambda r: forked_banner(r.forked_from or {}, continuation.replay.last))
+    _print_outputs(config.out)
+    raise typer.Exit(record.exit_code)
 
 
 @app.command()
@@ -284,6 +343,9 @@ def batch(
     verify: Annotated[str | None, typer.Option(help="Verify command for tasks that do not give one.")] = None,
     max_total_cost: Annotated[float | None, typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
     redo: Annotated[bool, typer.Option(help="Run every task again, even those that finished earlier.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume/--restart", help="Unfinished tasks of an earlier invocation go on from their recorded steps, or start over.")
+    ] = True,
     skip_invalid: Annotated[bool, typer.Option(help="Run the valid tasks even if some entries are invalid.")] = False,
     cache: Annotated[Path | None, typer.Option(help="Where git URLs are cloned (default: OUT/.cache/repos).")] = None,
     allow_protocol: Annotated[list[str] | None, typer.Option(help="Git protocol allowed for cloning, repeatable (default: https only).")] = None,
@@ -327,6 +389,7 @@ def batch(
         jobs=jobs,
         max_total_cost=max_total_cost,
         redo=redo,
+        resume=resume,
         cache=cache.resolve() if cache else None,
         allowed_protocols=protocols,
         engines=engines,

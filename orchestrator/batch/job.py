@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.batch.launcher import RunProcess, launch
-from orchestrator.batch.placement import Engine
+from orchestrator.batch.placement import ENGINE_LOST, Engine
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
 from orchestrator.policy.pricing import cost_usd
@@ -70,6 +70,8 @@ class Job:
     status: str | None = None  # the final status, as in run.json, or a batch one: not_started, clone_failed, crashed
     error: str | None = None
     moved_to: Path | None = None
+    resume_earlier: bool = False  # its unfinished earlier run is to go on from its recorded steps (`airlock resume`)
+    resumed: bool = False  # and it did
     engine: Engine | None = None  # where it runs; taken when it starts (or starts cloning)
     _offset: int = 0
     _partial: bytes = b""
@@ -94,10 +96,19 @@ class Job:
             return 0.0
         return (self.ended or time.monotonic()) - self.started
 
-    def start(self, repo: Path, coordination: Path, rate_limit_file: Path) -> None:
-        """Start `airlock run` for this task, its output to OUT/airlock.log, in the batch's process group.
+    def start(self, repo: Path, coordination: Path, rate_limit_file: Path, *, resume: bool = False) -> None:
+        """Start `airlock run` for this task, its output to OUT/airlock.log, in the batch's process group;
+        with `resume`, `airlock resume` of its unfinished earlier run, in the same folder.
 
         The same process group, so a Ctrl-C at the terminal reaches every run at once, as it would a pipeline."""
+        where = self.engine
+        coordinated = ["--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file)]
+        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), **(where.env() if where else {})}
+        if resume:
+            (self.out / ENGINE_LOST).unlink(missing_ok=True)  # it runs again now: no longer lost
+            self.proc = launch(["resume", str(self.out), "--repo", str(repo), *self.task.resume_options(), *coordinated], env, self.out / LOG_NAME)
+            self.state, self.started, self.resumed = "running", time.monotonic(), True
+            return
         if self.out.exists():
             self.moved_to = move_aside(self.out)
         self.out.mkdir(parents=True)
@@ -106,12 +117,10 @@ class Job:
         task_file.write_text(self.task.task, encoding="utf-8")
         policy_file = self.out / POLICY_NAME  # kept with the run: the policy it ran under, and what it was made of
         policy_file.write_text(self.task.policy.to_toml(), encoding="utf-8")
-        where = self.engine
         args = [
-            str(repo), "--task-file", str(task_file), "--out", str(self.out), *self.task.run_options(policy_file), *(where.run_options() if where else []),
-            "--stop-file", str(self.stop_file(coordination)), "--rate-limit-file", str(rate_limit_file),
+            "run", str(repo), "--task-file", str(task_file), "--out", str(self.out), *self.task.run_options(policy_file),
+            *(where.run_options() if where else []), *coordinated,
         ]  # fmt: skip
-        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), **(where.env() if where else {})}
         self.proc = launch(args, env, self.out / LOG_NAME)
         self.state, self.started = "running", time.monotonic()
 

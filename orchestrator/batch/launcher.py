@@ -48,12 +48,10 @@ class RunProcess(Protocol):
 
 
 def launch(args: list[str], env: dict[str, str], log: Path) -> RunProcess:
-    """`airlock run ARGS` with `env`, its stdout and stderr appended to `log`, stdin closed."""
+    """`airlock ARGS` (`run ...`, `resume ...`) with `env`, its stdout and stderr appended to `log`, stdin closed."""
     if os.environ.get(FORKSERVER_ENV, "1") == "0":
         with open(log, "ab") as sink:
-            return subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "run", *args], stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env
-            )
+            return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env)
     return ForkedRun(args, env, log)
 
 
@@ -100,7 +98,7 @@ class ForkedRun:
 
 
 def _run(args: list[str], env: dict[str, str], log: str) -> None:
-    """In the forked process: become `airlock run ARGS` as a fresh interpreter would be."""
+    """In the forked process: become `airlock ARGS` as a fresh interpreter would be."""
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -110,6 +108,6 @@ def _run(args: list[str], env: dict[str, str], log: str) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    sys.argv = ["airlock", "run", *args]
+    sys.argv = ["airlock", *args]
     module, _, function = ENTRY.partition(":")
     getattr(importlib.import_module(module), function)()

@@ -4,7 +4,9 @@ The scheduler is a poll loop: start runs while there are free slots, follow each
 the live display and the money spent, notice runs that ended, and apply the batch-wide rules:
 
 - resume: a task whose run.json has a final status is not run again (unless --redo); an unfinished
-  one (`running`: killed; `interrupted`: Ctrl-C) runs again, its earlier folder moved to .previous/;
+  one (`running`: killed; `interrupted`: Ctrl-C; its engine lost) goes on with `airlock resume`, its
+  recorded steps replayed (with --restart, or when its definition changed: it runs again from the start,
+  its earlier folder moved to .previous/);
 - the total cost budget: once reached, nothing new starts and every running task is asked, through
   its stop file, to stop after its current step (it ends `budget_exceeded`);
 - the shared 429 backoff: while the API has asked to wait, no new task starts either (the runs
@@ -57,6 +59,7 @@ class BatchOptions:
     jobs: int = 2
     max_total_cost: float | None = None
     redo: bool = False
+    resume: bool = True  # unfinished tasks go on from their recorded steps; False: they start over
     cache: Path | None = None  # default: OUT/.cache/repos
     allowed_protocols: tuple[str, ...] = ("https",)
     engines: tuple[Engine, ...] = ()  # default: DOCKER_HOST's engine, --jobs tasks at once
@@ -146,10 +149,13 @@ class Batch:
         """Tasks finished by an earlier invocation are kept as they are, unless --redo or their definition changed."""
         for job in self.jobs:
             record = read_record(job.out)
-            if record is None or record.get("status") in UNFINISHED or was_lost(job.out) or self.options.redo:
+            if record is None or self.options.redo:
                 continue
             if changed := job.changed_since_run():
                 self.display.log(f"{safe(job.id).markup} runs again: its definition changed since its earlier run ({safe(', '.join(changed)).markup})")
+                continue
+            if record.get("status") in UNFINISHED or was_lost(job.out):
+                job.resume_earlier = self.options.resume and (job.out / "trajectory.jsonl").is_file()
                 continue
             job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
             self.display.log(f"{safe(job.id).markup} skipped: finished earlier ({safe(job.status).markup})")
@@ -211,12 +217,14 @@ class Batch:
 
     def _launch(self, job: Job, repo: Path) -> None:
         try:
-            job.start(repo, self.coordination, self.backoff.path)
+            job.start(repo, self.coordination, self.backoff.path, resume=job.resume_earlier)
         except OSError as exc:  # e.g. the results folder is not writable: this task fails, not the batch
             job.not_started(f"could not start the run: {exc}", status="crashed")
             self._ended(job)
             return
-        moved = f" (its earlier run is kept in {job.moved_to})" if job.moved_to else ""
+        moved = (
+            f" (its earlier run is kept in {job.moved_to})" if job.moved_to else " (resuming its earlier run from its recorded steps)" if job.resumed else ""
+        )
         where = f" on {job.engine.label}" if job.engine is not None and len(self.engines) > 1 else ""
         self.display.log(f"{safe(job.id).markup} started{safe(where + moved).markup}")
 

@@ -96,6 +96,11 @@ class BatchTask:
             "verify": self.verify, "policy": self.policy.model_dump(mode="json"),
         }  # fmt: skip
 
+    def resume_options(self) -> list[str]:
+        """The `airlock resume` options of its model access (the provider, model and policy are the run's own)."""
+        access = list(self.model_access)
+        return [part for i, key in enumerate(access) if key in ("--base-url", "--api-key-env") for part in access[i : i + 2]]
+
     def run_options(self, policy_file: Path) -> list[str]:
         """The `airlock run` options that carry this task's settings; its policy is written to `policy_file`."""
         options = [*self.model_access, "--model", self.model, "--policy", str(policy_file)]

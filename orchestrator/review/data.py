@@ -98,6 +98,8 @@ class RunSummary(_Loose):
     sandbox: dict[str, Any] = Field(default_factory=dict)
     snapshot: dict[str, Any] = Field(default_factory=dict)  # what was copied in, and what the policy hid
     policy_events: list[dict[str, Any]] = Field(default_factory=list)
+    resumes: list[dict[str, Any]] = Field(default_factory=list)
+    forked_from: dict[str, Any] | None = None
     error: str | None = None
 
 
@@ -367,6 +369,16 @@ def _run_flags(run: RunData) -> list[Flag]:
         flags.append(Flag(severity="danger", code="mismatch", message="patch.diff does not match the changes run.json lists: it was changed after the run"))
     for event in summary.policy_events:
         flags.append(Flag(severity="note", code="policy", message=f"policy: {_text(event.get('rule', ''))}: {_text(event.get('detail', ''))}"))
+    for resume in summary.resumes:
+        message = (
+            f"resumed {_text(resume.get('at', ''))} after it ended {_text(resume.get('previous_status', '?'))}: "
+            f"{_text(resume.get('replayed_steps', '?'))} recorded steps replayed without model requests, live from step {_text(resume.get('from_step', '?'))}"
+        )
+        flags.append(Flag(severity="note", code="resumed", message=message))
+    if forked := summary.forked_from:
+        told = f", then told: {_text(forked['task'])}" if forked.get("task") else ""
+        message = f"forked from run {_text(forked.get('run_id', '?'))} ({_text(forked.get('run', ''))}) at step {_text(forked.get('at_step', '?'))}{told}"
+        flags.append(Flag(severity="note", code="forked", message=message))
     if hidden := _hidden_note(summary.snapshot):
         flags.append(Flag(severity="note", code="hidden", message=hidden))
     if run.trajectory.bad_lines:

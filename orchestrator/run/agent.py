@@ -16,6 +16,7 @@ from orchestrator.conversation import END_TURN, MAX_TOKENS, TOOL_USE, Message, P
 from orchestrator.errors import ModelError
 from orchestrator.policy.guard import PolicyGuard
 from orchestrator.providers.base import ContextOverflow, Provider
+from orchestrator.run.checkpoint import Replay
 from orchestrator.run.context import ContextWindow, Trim
 from orchestrator.run.trace import Trace
 from orchestrator.run.trajectory import Trajectory
@@ -73,10 +74,13 @@ class Limits:
 
 class Agent:
     def __init__(
-        self, provider: Provider, channel: Tools, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard, *, sandbox_notes: str = ""
+        self, provider: Provider, channel: Tools, limits: Limits, trace: Trace, trajectory: Trajectory, guard: PolicyGuard, *,
+        sandbox_notes: str = "", replay: Replay | None = None,
     ) -> None:  # fmt: skip
-        """`sandbox_notes`: what the model should know about its sandbox (the history it has, files withheld)."""
+        """`sandbox_notes`: what the model should know about its sandbox (the history it has, files withheld);
+        `replay`: the recorded steps a resumed or forked run starts with (orchestrator.run.checkpoint)."""
         self.provider, self.channel, self.limits, self.guard = provider, channel, limits, guard
+        self.replay = replay
         self.trace, self.trajectory = trace, trajectory
         self.system = SYSTEM_PROMPT + (f"\n\nAbout this sandbox:\n{sandbox_notes}" if sandbox_notes else "")
         self.context = ContextWindow(limits.context_window, self.system + json.dumps(tool_schemas()), limits.max_reply_tokens)
@@ -101,18 +105,25 @@ class Agent:
             if self.guard.budget_exceeded(self.provider.usage):
                 return "budget_exceeded"
             self.steps += 1
+            if self.replay is not None and self.replay.then is not None and self.steps == self.replay.last + 1:
+                messages.append(self._forked(messages[-1]) if messages[-1].role == "user" else Message(role="user", content=[Text(text=self.replay.then)]))
             self._record_trim(self.context.trim_if_near(messages))
-            self.trajectory.write("model_request", step=self.steps, model=self.provider.model, new_messages=_dump(messages[recorded:]))
+            replayed = self.replay is not None and self.replay.covers(self.steps)
+            self.trajectory.write(
+                "model_request", step=self.steps, model=self.provider.model, new_messages=_dump(messages[recorded:]), **({"replayed": True} if replayed else {})
+            )  # fmt: skip
             recorded = len(messages)
             try:
-                reply = self._ask(messages)
+                reply = self._replayed(self.steps, messages) if replayed else self._ask(messages)
             except TimeoutError:
                 return "timeout"
             messages.append(reply.message)
             self.final_text = reply.message.text or self.final_text
-            self.trace.model_turn(self.steps, reply.message)
+            self.trace.model_turn(self.steps, reply.message, replayed=replayed)
             if reply.stop_reason == END_TURN:
                 if reply.unreadable_call is None:
+                    if replayed and self.replay is not None and self.replay.then is not None:
+                        continue  # a fork at the recorded end goes on, with the new instructions
                     return "completed"
                 if self._corrected:  # the second in a row: telling it again will not help
                     self.guard.record("unreadable_calls", f"the model wrote tool calls that could not be read twice in a row ({reply.unreadable_call})")
@@ -130,6 +141,24 @@ class Agent:
                 return "stuck"
             messages.append(self._with_nudge(answer))
         return "max_steps"
+
+    def _forked(self, results: Message) -> Message:
+        """The last recorded tool results, followed by the instructions of the person who forked the run."""
+        assert self.replay is not None and self.replay.then is not None
+        return Message(role="user", content=[*results.content, Text(text=self.replay.then)])
+
+    def _replayed(self, step: int, messages: list[Message]) -> Reply:
+        """The recorded reply of `step`, counted as if it had just been received (usage, budget, context)."""
+        assert self.replay is not None
+        reply = self.replay.reply(step)
+        if reply.usage is not None and self.replay.count_usage:
+            self.provider.usage.add(reply.usage)
+        self.context.observe(reply.usage, messages)
+        self.trajectory.write(
+            "model_response", step=step, duration_s=0.0, stop_reason=reply.stop_reason, usage=reply.usage.model_dump() if reply.usage else None,
+            message=_dump([reply.message])[0], notes=reply.notes, response=reply.raw, unreadable_call=reply.unreadable_call, replayed=True,
+        )  # fmt: skip
+        return reply
 
     def _correction(self, problem: str) -> Message:
         """The one message telling the model its reply looked like a tool call that could not be read."""
@@ -169,6 +198,7 @@ class Agent:
         self.trajectory.write(
             "model_response", step=self.steps, duration_s=round(time.monotonic() - started, 3), stop_reason=reply.stop_reason,
             usage=reply.usage.model_dump() if reply.usage else None, message=_dump([reply.message])[0], notes=reply.notes, response=reply.raw,
+            unreadable_call=reply.unreadable_call,
         )  # fmt: skip
         for note in reply.notes:
             if note not in self._noted:  # said once on the terminal; every reply's notes are in the trajectory
@@ -212,12 +242,16 @@ class Agent:
         except ToolInputError as exc:
             output, is_error = str(exc), True
         output = cap_tokens(cap_text(output, self.limits.max_result_chars), self.context.result_tokens) or "(no output)"
+        replayed = self.replay is not None and self.replay.covers(self.steps)
+        if replayed:
+            assert self.replay is not None
+            output, is_error = self.replay.result(self.steps, call.name, output, is_error)
         duration = round(time.monotonic() - started, 3)
         recorded_input = call.arguments if call.problem is None else call.raw_arguments
         self._count_repeats(call.name, json.dumps(recorded_input, sort_keys=True), output, is_error)
         self.trajectory.write(
             "tool_call", step=self.steps, id=call.id, name=call.name, input=recorded_input,
-            output=output, is_error=is_error, meta=meta, duration_s=duration,
+            output=output, is_error=is_error, meta=meta, duration_s=duration, **({"replayed": True} if replayed else {}),
         )  # fmt: skip
         self.trace.tool_result(output, is_error, meta)
         return ToolResult(call_id=call.id, output=output, is_error=is_error)

@@ -13,7 +13,7 @@ from orchestrator.conversation import Usage
 
 Status = Literal[
     "running", "completed", "verify_failed", "max_steps", "timeout", "budget_exceeded", "stuck", "patch_rejected",
-    "setup_failed", "model_error", "sandbox_error", "interrupted",
+    "setup_failed", "model_error", "sandbox_error", "interrupted", "replay_diverged",
 ]  # fmt: skip
 
 EXIT_CODES: dict[str, int] = {
@@ -25,6 +25,7 @@ EXIT_CODES: dict[str, int] = {
     "stuck": 1,
     "patch_rejected": 1,
     "setup_failed": 1,
+    "replay_diverged": 1,
     "model_error": 4,
     "sandbox_error": 3,
     "interrupted": 130,
@@ -90,6 +91,16 @@ class SetupRecord(BaseModel):
     error: str | None = None
 
 
+class ResumeRecord(BaseModel):
+    """One `airlock resume` of the run: the steps replayed from its trajectory, and where the live part began."""
+
+    at: str  # when the resume started
+    previous_status: str  # what run.json said before: running (the process was killed), interrupted, ...
+    replayed_steps: int  # complete steps served from the recording, their tool calls run again and matched
+    from_step: int  # the first step asked of the model
+    trajectory: str  # the interrupted run's trajectory, kept beside the new one
+
+
 class RunRecord(BaseModel):
     run_id: str
     status: Status = "running"
@@ -111,6 +122,8 @@ class RunRecord(BaseModel):
     snapshot: dict[str, Any] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)  # the effective policy
     policy_events: list[dict[str, Any]] = Field(default_factory=list)  # every limit hit and refusal
+    resumes: list[ResumeRecord] = Field(default_factory=list)
+    forked_from: dict[str, Any] | None = None  # run (folder), run_id, at_step, task (None: the same)
     error: str | None = None
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import signal
 import threading
@@ -31,11 +32,13 @@ from orchestrator.policy.guard import PolicyGuard
 from orchestrator.policy.model import Policy
 from orchestrator.providers.base import Provider
 from orchestrator.run.agent import Agent, Limits
+from orchestrator.run.checkpoint import Continuation, ReplayDiverged
 from orchestrator.run.config import RunConfig
 from orchestrator.run.context import DEFAULT_WINDOWS
 from orchestrator.run.image_phase import prepare_image
 from orchestrator.run.project_image import ProjectImage, project_image
 from orchestrator.run.record import PatchRecord, RunRecord, Status, VerifyRecord
+from orchestrator.run.resume import hold_run_lock
 from orchestrator.run.setup import SetupFailed, SetupPhase
 from orchestrator.run.startup import Startup
 from orchestrator.run.trace import Trace
@@ -95,8 +98,12 @@ def _unrecorded_refusals(messages: list[str]) -> list[Refusal]:
 
 
 class Run:
-    def __init__(self, config: RunConfig, provider: Provider, console: Console, backend: Backend | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, provider: Provider, console: Console, backend: Backend | None = None, continuation: Continuation | None = None
+    ) -> None:  # fmt: skip
+        """`continuation`: the recorded steps a resumed or forked run replays before it goes on live."""
         self.config = config
+        self.continuation = continuation
         self.provider = provider
         self.backend = backend or get_backend(config.backend, config.location)
         self.trace = Trace(console)
@@ -108,6 +115,8 @@ class Run:
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), sandbox=self.spec.record() | self.backend.describe(),
             verify=VerifyRecord(command=config.verify) if config.verify else None, policy=config.policy.to_record(),
         )  # fmt: skip
+        if continuation is not None:
+            self.record = RunRecord.model_validate(self.record.model_dump() | continuation.record)
         self.agent: Agent | None = None
         self.startup: Startup | None = None
         self.project: ProjectImage | None = None  # the environment the repo describes (a devcontainer, a Dockerfile)
@@ -121,6 +130,9 @@ class Run:
         scan = self.scan = self._check_before_start()
         out = self.config.out
         out.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_run_lock(out)
+        if self.continuation is not None and self.continuation.keep_trajectory_as:
+            os.replace(out / "trajectory.jsonl", out / self.continuation.keep_trajectory_as)
         (out / "patch.diff").write_bytes(b"")
         self.record.snapshot = vars(scan.stats)
         self.record.save(out)
@@ -130,11 +142,13 @@ class Run:
         trajectory.write(
             "run_start", version=FORMAT_VERSION, run_id=self.config.run_id, provider=self.provider.name, model=self.config.model,
             context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(), text_tool_calls=self.provider.text_tool_calls,
+            **self._continues(),
         )  # fmt: skip
         started = time.monotonic()
+        spent = self.continuation.elapsed_s if self.continuation is not None else 0.0
         try:
             if self._image_phase(trajectory) and self._setup_phase(trajectory):
-                self._agent_phase(trajectory, deadline=time.monotonic() + self.config.policy.limits.timeout)
+                self._agent_phase(trajectory, deadline=time.monotonic() + self.config.policy.limits.timeout - spent)
             self._verify_phase(trajectory)
         finally:
             with interrupts_deferred(self.console):
@@ -143,8 +157,17 @@ class Run:
                 finally:  # the trajectory ends even when run.json cannot be written
                     trajectory.write("run_end", status=self.record.status, error=self.record.error)
                     trajectory.close()
+                    self._lock.close()
                 self.trace.summary(self.record)
         return self.record
+
+    def _continues(self) -> dict[str, object]:
+        """For run_start: the run this one resumes or forks, and how many steps it replays."""
+        if self.continuation is None:
+            return {}
+        record = self.record
+        kind = {"kind": "fork", **(record.forked_from or {})} if record.forked_from else {"kind": "resume", **record.resumes[-1].model_dump()}
+        return {"continues": kind | {"replay_steps": self.continuation.replay.last}}
 
     def _check_before_start(self) -> RepoScan:
         """What would make the run fail for certain, said before any output exists (exit 2): an unknown
@@ -252,6 +275,8 @@ class Run:
         """What ended a phase, as the run's status and error; anything but our own errors is a bug, recorded whole."""
         if isinstance(exc, KeyboardInterrupt):
             self._fail("interrupted", "interrupted by the user (Ctrl-C)")
+        elif isinstance(exc, ReplayDiverged):
+            self._fail("replay_diverged", str(exc))
         elif isinstance(exc, ModelError):
             self._fail("model_error", str(exc))
         elif isinstance(exc, SandboxError):
@@ -328,7 +353,8 @@ class Run:
             limits.max_steps, limits.command_timeout, deadline, self.context_window, limits.max_output_chars,
             limits.max_reply_tokens or self.provider.default_reply_tokens, limits.max_repeated_calls,
         )  # fmt: skip
-        self.agent = Agent(self.provider, startup, agent_limits, self.trace, trajectory, self.guard, sandbox_notes=self._sandbox_notes())
+        replay = self.continuation.replay if self.continuation is not None else None
+        self.agent = Agent(self.provider, startup, agent_limits, self.trace, trajectory, self.guard, sandbox_notes=self._sandbox_notes(), replay=replay)
         self.record.status = self.agent.run(self.config.task)
         if self.record.status == "max_steps":
             self.guard.record("limits.max_steps", f"the run reached max_steps = {limits.max_steps}")
@@ -396,7 +422,7 @@ class Run:
         record = self.record
         if record.status == "running":  # an exception we did not expect: still record what we know
             self._fail("sandbox_error", "the run stopped unexpectedly")
-        record.duration_s = round(time.monotonic() - started, 2)
+        record.duration_s = round(time.monotonic() - started + (self.continuation.elapsed_s if self.continuation is not None else 0.0), 2)
         if self.agent is not None:
             record.steps, record.tool_calls = self.agent.steps, self.agent.tool_calls
         record.usage = self.provider.usage.model_copy()

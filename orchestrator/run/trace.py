@@ -67,8 +67,8 @@ class Trace:
 
     # One print per event, of ready-made Text: each rich print costs a fraction of a millisecond, and a
     # step's bookkeeping is meant to cost a few milliseconds in all.
-    def model_turn(self, step: int, message: Message) -> None:
-        title = f"── step {step} "
+    def model_turn(self, step: int, message: Message, *, replayed: bool = False) -> None:
+        title = f"── step {step}{' · replayed from the recording' if replayed else ''} "
         line = Text(title + "─" * max(0, self.console.width - len(title)), style="dim")
         if message.text.strip():
             line.append("\n")

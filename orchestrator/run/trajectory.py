@@ -1,7 +1,8 @@
 """trajectory.jsonl: every model request and response and every tool call, appended as the run goes.
 
 One JSON object per line with a `type`, the seconds since the run started (`t`) and the format
-`version` on the first line. Each line is flushed at once, so a crash keeps everything up to it.
+`version` on the first line. Each line is flushed and synced to disk at once, so a crash, a kill or the
+host going down keeps everything up to it (a torn last line is skipped when read).
 Requests are recorded as the messages added since the previous request (the rest is unchanged), so
 the file grows with the conversation rather than with its square.
 """
@@ -9,6 +10,7 @@ the file grows with the conversation rather than with its square.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ class Trajectory:
             if not self._file.closed:
                 self._file.write(line)
                 self._file.flush()
+                os.fsync(self._file.fileno())  # a kill, or the host going down, keeps every step written so far
 
     def close(self) -> None:
         with self._lock:

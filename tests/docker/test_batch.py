@@ -563,13 +563,15 @@ def test_ctrl_c_interrupts_every_task_and_a_rerun_resumes(tmp_path: Path, docker
 
     if target == "parent":
         return
-    # The same command again: the interrupted tasks and the one never started run; the partial runs are kept.
+    # The same command again: the interrupted tasks are resumed in their folders (their one step was cut
+    # short, so it is asked again), and the one never started runs.
     with ScriptedModelServer({f"[{n}]": [reply(text("done"))] for n in names}) as api:
         again = batch(tasks, "--out", out, "--jobs", "3", base_url=api.base_url)
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(row["status"] == "completed" and not row["skipped"] for row in summary(out)["tasks"])
     assert sorted(set(api.markers)) == sorted(f"[{n}]" for n in names)
     for name in names[:3]:
-        kept = json.loads((out / ".previous" / f"{name}-1" / "run.json").read_text())
-        assert kept["status"] == "interrupted" and kept["run_id"] == run_ids[name]
-        assert f"{name} started (its earlier run is kept in {out / '.previous' / f'{name}-1'})" in again.stdout
+        resumed = record(out, name)
+        assert resumed["run_id"] == run_ids[name] and resumed["resumes"][0]["previous_status"] == "interrupted"
+        assert (out / name / "trajectory.resume-1.jsonl").is_file()
+        assert f"{name} started (resuming its earlier run from its recorded steps)" in again.stdout

@@ -45,8 +45,11 @@ def render_environments(store: EnvironmentStore, console: Console) -> None:
         return
     now = time.time()
     table = Table(box=None, header_style="bold")
+    widest_repo = max(len(env.labels.get("airlock.env.repo", "")) for env in envs)
     for column in ("key", "repo", "size", "age", "last used", "commands"):
-        table.add_column(column, overflow="fold")
+        # A repo's path stays on one line (something to copy, or grep in a log); the commands fold instead.
+        repo = column == "repo"
+        table.add_column(column, overflow="fold", no_wrap=repo, min_width=widest_repo if repo else None)
     for env in envs:
         try:
             commands = "; ".join(json.loads(env.labels.get("airlock.env.commands", "[]"))[1:])

@@ -23,6 +23,7 @@ from orchestrator.policy.model import Policy
 from orchestrator.providers import DEFAULT_PROVIDER, check_provider, make_provider
 from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id
 from orchestrator.run.record import RunRecord
+from orchestrator.run.run_folder import read_run_folder
 from orchestrator.run.trajectory import read_events
 from orchestrator.terminal import safe
 
@@ -43,23 +44,7 @@ class Recording:
 
 def load_recording(source: Path) -> Recording:
     """The recorded run in `source`; UsageError (one line) for anything that cannot be replayed."""
-    if not source.exists():
-        raise UsageError(f"run folder not found: {source}")
-    if not source.is_dir():
-        raise UsageError(f"replay needs a run folder, not a file: {source}")
-    for name in ("run.json", "trajectory.jsonl", "patch.diff"):
-        if not (source / name).is_file():
-            raise UsageError(f"{source} is not a complete run folder: it has no {name}")
-    try:
-        run = json.loads((source / "run.json").read_text(encoding="utf-8"))
-        events = [event for event in read_events(source / "trajectory.jsonl") if isinstance(event, dict)]
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"cannot read the run in {source}: {exc}") from None
-    missing = [key for key in ("repo", "task", "model", "policy") if not isinstance(run, dict) or key not in run]
-    if missing:
-        raise UsageError(f"{source / 'run.json'} has no {', '.join(missing)}: it was not written by airlock run")
-    if not isinstance(run["policy"], dict) or not run["policy"]:  # never replay under defaults it did not run with
-        raise UsageError(f"{source / 'run.json'} records no effective policy: it cannot be replayed faithfully")
+    run, events = read_run_folder(source, ("patch.diff",), ("repo", "task", "model"), "replayed")
     responses = [event["response"] for event in events if event.get("type") == "model_response" and isinstance(event.get("response"), dict)]
     if not responses:
         raise UsageError(f"{source / 'trajectory.jsonl'} holds no model responses: there is nothing to replay")

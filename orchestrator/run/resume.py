@@ -9,7 +9,6 @@ step N, optionally told something new.
 from __future__ import annotations
 
 import fcntl
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from orchestrator.policy.model import Policy
 from orchestrator.run.checkpoint import Continuation, RecordedStep, Replay, complete_steps, replay_until
 from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id
 from orchestrator.run.record import ResumeRecord, RunRecord
-from orchestrator.run.trajectory import read_events
+from orchestrator.run.run_folder import read_run_folder
 
 LOCK_NAME = ".airlock.lock"  # held by the process running the run, so no second one resumes it meanwhile
 # Ended without finishing its work, for a reason that is not the agent's: a resume continues it.
@@ -69,21 +68,7 @@ class Recorded:
 
 def read_run(folder: Path) -> Recorded:
     """The run in `folder`; UsageError (one line) for anything that cannot be continued."""
-    if not folder.is_dir():
-        raise UsageError(f"run folder not found: {folder}")
-    for name in ("run.json", "trajectory.jsonl"):
-        if not (folder / name).is_file():
-            raise UsageError(f"{folder} is not a run folder: it has no {name}")
-    try:
-        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-        events = [event for event in read_events(folder / "trajectory.jsonl") if isinstance(event, dict)]
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"cannot read the run in {folder}: {exc}") from None
-    missing = [key for key in ("run_id", "repo", "task", "model", "policy") if not isinstance(run, dict) or key not in run]
-    if missing:
-        raise UsageError(f"{folder / 'run.json'} has no {', '.join(missing)}: it was not written by airlock run")
-    if not isinstance(run["policy"], dict) or not run["policy"]:
-        raise UsageError(f"{folder / 'run.json'} records no effective policy: it cannot be continued under the same rules")
+    run, events = read_run_folder(folder, (), ("run_id", "repo", "task", "model"), "continued")
     start = next((event for event in events if event.get("type") == "run_start"), {})
     return Recorded(folder.resolve(), run, complete_steps(events), start)
 

@@ -165,8 +165,8 @@ class Run:
         """For run_start: the run this one resumes or forks, and how many steps it replays."""
         if self.continuation is None:
             return {}
-        record = self.record
-        kind = {"kind": "fork", **(record.forked_from or {})} if record.forked_from else {"kind": "resume", **record.resumes[-1].model_dump()}
+        record, resuming = self.record, self.continuation.keep_trajectory_as is not None  # a fork has no trajectory of its own yet
+        kind = {"kind": "resume", **record.resumes[-1].model_dump()} if resuming else {"kind": "fork", **(record.forked_from or {})}
         return {"continues": kind | {"replay_steps": self.continuation.replay.last}}
 
     def _check_before_start(self) -> RepoScan:

@@ -151,6 +151,8 @@ def test_fork_at_step_2_goes_on_with_a_different_script_and_new_instructions(cal
     assert record["forked_from"]["at_step"] == 2 and record["forked_from"]["task"] == "Leave calculator.py alone."
     assert record["run_id"] != json.loads((source / "run.json").read_text())["run_id"]
     assert record["steps"] == 4 and record["status"] == "completed"
+    start = json.loads((fork_out / "trajectory.jsonl").read_text().splitlines()[0])
+    assert start["continues"]["kind"] == "fork" and start["continues"]["replay_steps"] == 2
 
 
 @pytest.mark.parametrize(

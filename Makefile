@@ -26,12 +26,11 @@ image: venv docker
 test-deps:
 	bash scripts/ensure-test-deps.sh
 
-# TEST_WORKERS=3 runs the suite in 3 pytest-xdist workers, whole modules each (their module-scoped
-# fixtures, a package index or a second engine, are made once), each worker its own test session with its
-# own owner label, so the leak check stays exact: about 10 minutes on 2 cores instead of 17. Not yet the
-# default: in 2 of 7 such runs, tests that bound a time (Ctrl-C ends a run within 15 s) failed while
-# other workers kept the engine busy.
-TEST_WORKERS ?= 1
+# The suite runs in TEST_WORKERS pytest-xdist workers (1: in this process alone), whole modules each: their
+# module-scoped fixtures (a package index, a second engine) are made once. Each worker is its own test
+# session with its own owner label, so the check that nothing is left behind stays exact. Measured on 2
+# cores: 1 worker 17 min, 3 workers 9 to 11, 4 workers 11 (the heavy tests then contend for the CPU).
+TEST_WORKERS ?= 3
 test: setup test-deps
 	$(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
 

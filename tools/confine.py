@@ -123,6 +123,11 @@ def end_descendants(spare: int | None = None, within: float = 5.0) -> int:
         unreaped = _sweep == "uid" and any(table[pid][0] != me and table[pid][1] == "Z" for pid in tree)
         if (not living and not unreaped) or time.monotonic() > deadline:
             return len(living)
+        # Every process of our uid but ours and init's, at once, so a fork bomb cannot outrun the sweep (never
+        # as root, which would reach every process it sees).
+        if _sweep == "uid" and os.getuid() != 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(-1, signal.SIGKILL)
         for pid in living:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

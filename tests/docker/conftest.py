@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,21 @@ def session_networks(client: docker.DockerClient) -> set[str]:
     return {n.name or "" for n in client.networks.list(filters={"label": [NETWORK_LABEL, f"{OWNER_LABEL}={SESSION_OWNER}"]})}
 
 
+def volumes_left_behind(client: docker.DockerClient, before: set[str]) -> set[str]:
+    """New volumes that no container uses, and still none a moment later. Volumes carry no owner (an image's
+    VOLUME makes an anonymous one unless a mount covers it), so another worker's build can be seen: its
+    intermediate containers' volumes are in use, or gone once the container is removed with them."""
+
+    def dangling() -> set[str]:
+        return {volume.name for volume in client.volumes.list(filters={"dangling": True})} - before
+
+    candidates = dangling()
+    if candidates:
+        time.sleep(2)
+        candidates &= dangling()
+    return candidates
+
+
 @pytest.fixture(autouse=True)
 def no_container_left_behind(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[None]:
     """Every test must leave no airlock sandbox (nor egress proxy, setup network or volume) behind: its runs
@@ -54,8 +70,7 @@ def no_container_left_behind(request: pytest.FixtureRequest, docker_client: dock
     for name in left_networks:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.networks.get(name).remove()
-    # Volumes carry no owner: an image's VOLUME makes an anonymous one unless a mount covers it.
-    left_volumes = {volume.name for volume in docker_client.volumes.list()} - volumes_before
+    left_volumes = volumes_left_behind(docker_client, volumes_before)
     for name in left_volumes:
         with contextlib.suppress(docker.errors.APIError):
             docker_client.volumes.get(name).remove(force=True)

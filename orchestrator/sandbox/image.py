@@ -35,11 +35,11 @@ from orchestrator.sandbox.spec import DEFAULT_IMAGE, owner_tag
 BASE_ROOTFS_IMAGE = "airlock-base:bookworm"
 REGISTRY_BASE = "debian:bookworm-slim"
 SUITE = "bookworm"
-# What the agent's tools need (Python and Node.js projects alike: `python`, venvs, npm, make), the CA
+# What the agent's tools need (Python and Node.js projects alike: `python`, venvs and the pip they use, npm, make), the CA
 # certificates a setup phase needs to install dependencies over TLS, tini: a PID 1 that reaps zombies, and
 # patchelf, which makes the tool runtime's programs start with their own loader (sandbox_image/runtime.sh).
 PACKAGES: tuple[str, ...] = (
-    "python3", "python-is-python3", "python3-pytest", "python3-venv", "git", "ripgrep", "make", "nodejs", "npm",
+    "python3", "python-is-python3", "python3-pytest", "python3-venv", "python3-pip", "git", "ripgrep", "make", "nodejs", "npm",
     "ca-certificates", "tini", "patchelf",
 )  # fmt: skip
 # Commands the image must offer, checked by `airlock doctor` in a throwaway container.

@@ -52,6 +52,7 @@ def foreign_images(docker_client: docker.DockerClient) -> Iterator[dict[str, str
     images = {
         "plain": make_image(docker_client, "plain", STRIP, changes),
         "musl": make_image(docker_client, "musl", f"{STRIP} && touch /lib/ld-musl-x86_64.so.1", []),
+        "nopip": make_image(docker_client, "nopip", "rm -rf /usr/lib/python3/dist-packages/pip* /usr/bin/pip*", []),
     }
     try:
         yield {name: f"airlock-test-foreign:{name}" for name in images}
@@ -108,6 +109,20 @@ def test_a_full_run_on_an_image_without_python_git_or_tar(run_scripted, calculat
     expected = before | {"notes/fixed.txt": b"multiply multiplies\n"}
     expected["calculator.py"] = before["calculator.py"].replace(MULTIPLY_ADDS.encode(), MULTIPLY.encode())
     assert after == expected
+
+
+def test_a_setup_on_an_image_without_pip_gives_its_virtualenv_a_pip_of_its_own(run_scripted, tmp_path: Path, foreign_images: dict[str, str]) -> None:
+    """The sandbox image's pip serves the virtualenv; an image with Python but no pip gets a copy (ensurepip)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "requirements.txt").write_text(f"# nothing to install, a key of its own: {repo}\n")
+    turns = [reply(tool_use("run_bash", command="pip --version; pip3 --version")), reply(text("done"))]
+    for image, pip in ((DEFAULT_IMAGE, "/usr/lib/python3/dist-packages/pip"), (foreign_images["nopip"], "/opt/airlock-env/venv/lib/python3.11/site-packages/pip")):
+        result, _ = run_scripted(repo, turns, "--image", image, "--setup", "auto")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert result.record["setup"]["cache"] == "build" and result.record["setup"]["commands"][1:] == ["pip install -r requirements.txt"]
+        versions = result.events("tool_call")[0]["output"].splitlines()
+        assert len(versions) >= 2 and all(f"from {pip} (python 3" in line for line in versions[:2]), versions
 
 
 def test_a_musl_image_is_refused_in_one_line(calculator_repo: Path, tmp_path: Path, foreign_images: dict[str, str]) -> None:

@@ -117,7 +117,10 @@ def test_a_setup_on_an_image_without_pip_gives_its_virtualenv_a_pip_of_its_own(r
     repo.mkdir()
     (repo / "requirements.txt").write_text(f"# nothing to install, a key of its own: {repo}\n")
     turns = [reply(tool_use("run_bash", command="pip --version; pip3 --version")), reply(text("done"))]
-    for image, pip in ((DEFAULT_IMAGE, "/usr/lib/python3/dist-packages/pip"), (foreign_images["nopip"], "/opt/airlock-env/venv/lib/python3.11/site-packages/pip")):
+    for image, pip in (
+        (DEFAULT_IMAGE, "/usr/lib/python3/dist-packages/pip"),
+        (foreign_images["nopip"], "/opt/airlock-env/venv/lib/python3.11/site-packages/pip"),
+    ):
         result, _ = run_scripted(repo, turns, "--image", image, "--setup", "auto")
         assert result.exit_code == 0, result.stdout + result.stderr
         assert result.record["setup"]["cache"] == "build" and result.record["setup"]["commands"][1:] == ["pip install -r requirements.txt"]

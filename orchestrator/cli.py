@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from orchestrator.errors import AirlockError, UsageError
-from orchestrator.providers import DEFAULT_MODEL, DEFAULT_PROVIDER, PROVIDERS, check_provider, make_provider, resolve_api_key
+from orchestrator.providers import DEFAULT_MODEL, DEFAULT_PROVIDER, PROVIDERS, TAKES_TEMPERATURE, check_provider, make_provider, resolve_api_key
 from orchestrator.providers.base import Provider
 from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
-from orchestrator.run.record import RunRecord
+from orchestrator.run.record import AttemptOf, RunRecord
 from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 from orchestrator.sizes import plural
@@ -165,14 +165,28 @@ def run(
         ),
     ] = None,
     setup_ca: Annotated[Path | None, typer.Option(help="PEM file of CA certificates the setup trusts instead of the host's own bundle.")] = None,
-    # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff.
+    attempts: Annotated[
+        int, typer.Option(min=1, help="Independent attempts at the task, each in its own sandbox; the chosen one's patch is the run's (see --pick).")
+    ] = 1,
+    pick: Annotated[
+        str | None,
+        typer.Option(
+            metavar="smallest|first|none",
+            help="Without --verify, how --attempts chooses: the smallest patch, the first to complete, or none (with --verify: the passing, smallest).",
+        ),
+    ] = None,
+    stop_at_first_pass: Annotated[bool, typer.Option(help="With --attempts and --verify: stop the other attempts once one passed verify.")] = False,
+    jobs: Annotated[int | None, typer.Option(min=1, help="With --attempts: how many run at once (default: all).")] = None,
+    # Set by `airlock batch` for its child runs: the batch's cost budget and its shared 429 backoff; and by --attempts.
     stop_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     rate_limit_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    attempt: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one task on one repo in a fresh sandbox and export the change to OUT/patch.diff."""
     from orchestrator.policy.model import load_policy
     from orchestrator.run.setup import read_ca_bundle, read_credentials, read_secrets
 
+    rule = _attempts_rule(attempts, verify, pick, stop_at_first_pass, jobs, attempt)
     model = _model_name(provider, model)
     overrides: dict[str, object] = dict(
         max_steps=max_steps, command_timeout=command_timeout, timeout=timeout, context_window=context_window,
@@ -202,11 +216,58 @@ def run(
         rebuild_env=rebuild_env,
         setup_secrets=secrets,
         location=_location(backend, namespace),
+        attempt=_attempt_of(attempt, attempts, TAKES_TEMPERATURE[provider]),
     )
+    if rule is not None:
+        _run_attempts(config, attempts, jobs or attempts, rule, stop_at_first_pass, TAKES_TEMPERATURE[provider])
     adapter = make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)
     record = _execute(config, adapter)
     _print_outputs(config.out)
     raise typer.Exit(record.exit_code)
+
+
+def _attempts_rule(attempts: int, verify: str | None, pick: str | None, stop_at_first_pass: bool, jobs: int | None, attempt: int | None) -> str | None:
+    """How --attempts chooses (verify, or --pick's); None for a single run (or one attempt of several, run by --attempts)."""
+    from orchestrator.batch.attempts import PICKS
+
+    if attempts == 1 or attempt is not None:
+        given = [name for name, value in (("--pick", pick), ("--stop-at-first-pass", stop_at_first_pass), ("--jobs", jobs)) if value]
+        if given and attempt is None:
+            raise UsageError(f"{given[0]} is for several attempts: add --attempts K")
+        if attempt is not None and not 1 <= attempt <= attempts:
+            raise UsageError(f"--attempt {attempt} is not one of --attempts {attempts}")
+        return None
+    if pick is not None and pick not in PICKS:
+        raise UsageError(f"--pick {pick!r}: choose one of {', '.join(PICKS)}")
+    if verify is not None:
+        if pick is not None:
+            raise UsageError("--pick is for --attempts without --verify: with --verify, an attempt whose verify passed is chosen")
+        return "verify"
+    if stop_at_first_pass:
+        raise UsageError("--stop-at-first-pass needs --verify: it stops the others once one attempt's verify passed")
+    if pick is None:
+        raise UsageError("--attempts without --verify needs --pick smallest|first|none: nothing else can tell the attempts apart")
+    return pick
+
+
+def _attempt_of(attempt: int | None, attempts: int, sampled: bool) -> AttemptOf | None:
+    from orchestrator.batch.attempts import temperatures
+
+    if attempt is None:
+        return None
+    return AttemptOf(number=attempt, of=attempts, temperature=temperatures(attempts, sampled)[attempt - 1])
+
+
+def _run_attempts(config: RunConfig, attempts: int, jobs: int, rule: str, stop_at_first_pass: bool, sampled: bool) -> NoReturn:
+    """Run the attempts, each `airlock run` with this command line plus its own --out and number, and choose."""
+    from orchestrator.batch.attempts import Attempts
+    from orchestrator.policy.guard import PolicyGuard
+
+    guard = PolicyGuard(config.policy, config.model)  # the budget of all attempts together (and no price: exit 2 now)
+    code = Attempts(sys.argv[1:], config.out, attempts, jobs, rule, stop_at_first_pass, guard, console, sampled).run()
+    if (config.out / "run.json").exists():
+        _print_outputs(config.out)
+    raise typer.Exit(code)
 
 
 def _location(backend: str, namespace: str | None) -> str | None:

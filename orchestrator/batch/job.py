@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator.batch.follow import TrajectoryTail, UsageFields
 from orchestrator.batch.launcher import RunProcess, launch
 from orchestrator.batch.placement import ENGINE_LOST, Engine
 from orchestrator.batch.tasks import BatchTask
@@ -73,8 +74,7 @@ class Job:
     resume_earlier: bool = False  # its unfinished earlier run is to go on from its recorded steps (`airlock resume`)
     resumed: bool = False  # and it did
     engine: Engine | None = None  # where it runs; taken when it starts (or starts cloning)
-    _offset: int = 0
-    _partial: bytes = b""
+    _tail: TrajectoryTail | None = None
 
     @property
     def id(self) -> str:
@@ -154,26 +154,16 @@ class Job:
 
     def read_progress(self) -> list[int]:
         """Take in the trajectory lines written since the last call; returns the steps that began."""
-        try:
-            with open(self.out / "trajectory.jsonl", "rb") as file:
-                file.seek(self._offset)
-                data = file.read()
-        except OSError:
-            return []
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")  # a line still being written waits
+        if self._tail is None:
+            self._tail = TrajectoryTail(self.out / "trajectory.jsonl")
         began = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
+        for event in self._tail.new_events():
             kind = event.get("type")
             if kind == "model_request":
                 self.step, self.activity = event.get("step", self.step), "waiting for the model"
                 began.append(self.step)
             elif kind == "model_response":
-                self.usage.add(_Fields(event.get("usage") or {}))
+                self.usage.add(UsageFields(event.get("usage") or {}))
                 names = [p.get("name", "?") for p in (event.get("message") or {}).get("content", []) if p.get("type") == "tool_call"]
                 self.activity = ", ".join(names) if names else "answering"
             elif kind == "copy_progress":  # a big repo still streaming into its sandbox
@@ -200,13 +190,6 @@ class Job:
 
     def not_started(self, reason: str, status: str = "not_started") -> None:
         self.state, self.status, self.error = "not_started", status, reason
-
-
-class _Fields:
-    """Attribute access to a usage dict, as Usage.add expects."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
 
 
 def _last_line(path: Path) -> str:

@@ -27,6 +27,10 @@ DEFAULT_PROVIDER = "anthropic"
 # A current Sonnet model (claude-sonnet-4-5 reaches end of life on 2026-11-30).
 DEFAULT_MODEL = "claude-sonnet-5-5"
 KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+# Whether the API takes a sampling temperature, which attempts of one task then differ in: the Messages API
+# of current Claude models takes none (the SDK has no such parameter); an OpenAI-compatible server that
+# refuses it gets requests without it.
+TAKES_TEMPERATURE = {"anthropic": False, "openai": True}
 
 
 def resolve_api_key(provider: str, key_variable: str | None) -> str | None:

@@ -119,6 +119,7 @@ class Provider:
         """`max_retries`: tries after the first of a failed request the API says may be retried;
         `text_tool_calls`: read tool calls a model wrote as text when the server returned none (see text_calls)."""
         self.model = model
+        self.temperature: float | None = None  # None: the API's default (an attempt of several may set its own: see TAKES_TEMPERATURE)
         self.usage = Usage()
         self.text_tool_calls = text_tool_calls
         self.max_retries = max_retries

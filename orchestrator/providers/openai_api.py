@@ -25,7 +25,7 @@ from orchestrator.tool_specs import TOOLS, tool_schemas
 
 # Sent so servers behave the same way, but optional: a server that refuses one gets requests without it.
 # max_tokens bounds a reply (a small model in a repetition loop otherwise writes until the context is full).
-OPTIONAL_PARAMETERS = ("tool_choice", "parallel_tool_calls", "max_tokens")
+OPTIONAL_PARAMETERS = ("tool_choice", "parallel_tool_calls", "max_tokens", "temperature")
 ERROR_PREFIX = "ERROR: "  # tool messages have no error flag: the model reads it from the text
 TEXT_CALL_NOTE = "tool call parsed from text: the server returned none; see README for server templates"
 MODELS_TIMEOUT_S = 5.0
@@ -48,8 +48,9 @@ class OpenAIProvider(Provider):
         rendered = [{"role": "system", "content": system}]
         for message in messages:
             rendered.extend(_render(message))
-        values = {"tool_choice": "auto", "parallel_tool_calls": True, "max_tokens": max_tokens}
-        return {"model": self.model, "messages": rendered, "tools": self.tools, **{name: values[name] for name in self.optional}}
+        values = {"tool_choice": "auto", "parallel_tool_calls": True, "max_tokens": max_tokens, "temperature": self.temperature}
+        sent = {name: values[name] for name in self.optional if values[name] is not None}
+        return {"model": self.model, "messages": rendered, "tools": self.tools, **sent}
 
     def complete(self, system: str, messages: list[Message], timeout: float, max_tokens: int) -> Reply:
         import openai

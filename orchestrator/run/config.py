@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.errors import UsageError
 from orchestrator.policy.model import Policy
+from orchestrator.run.record import AttemptOf
 
 
 def new_run_id() -> str:
@@ -29,6 +30,7 @@ class RunConfig:
     rebuild_env: bool = False  # build the setup's environment even if one with its key exists
     setup_secrets: dict[str, str] = field(default_factory=dict, repr=False)  # name -> value, for the setup commands only
     location: str | None = None  # where it places boxes (a Kubernetes namespace); None: its default
+    attempt: AttemptOf | None = None  # one attempt of several at this task (`airlock run --attempts`)
 
 
 def check_repo(repo: Path) -> Path:

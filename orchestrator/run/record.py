@@ -101,6 +101,39 @@ class ResumeRecord(BaseModel):
     trajectory: str  # the interrupted run's trajectory, kept beside the new one
 
 
+class AttemptOf(BaseModel):
+    """This run is attempt `number` of `of` at the same task (`airlock run --attempts`): what made it differ."""
+
+    number: int
+    of: int
+    temperature: float | None  # None: the API's default
+
+
+class AttemptSummary(BaseModel):
+    """One attempt, as the run that chose among them lists it (orchestrator.batch.attempts)."""
+
+    number: int
+    folder: str  # relative to the run's folder: attempts/N
+    status: str  # the attempt's run status, or not_started
+    verify: bool | None = None  # its fresh-sandbox verify passed; None: no verify, or not run
+    changed_lines: int = 0  # insertions + deletions of its patch
+    steps: int = 0
+    cost_usd: float | None = None
+    temperature: float | None = None
+    stopped: str | None = None  # why airlock stopped it, or never started it
+    error: str | None = None
+
+
+class AttemptsRecord(BaseModel):
+    """Several attempts at one task, and the one chosen: its patch is the run's patch.diff."""
+
+    rule: str  # verify, smallest, first or none
+    chosen: int | None  # the chosen attempt's number; None: none qualified (or --pick none)
+    why: str
+    attempts: list[AttemptSummary] = Field(default_factory=list)
+    cost_usd: float | None = None  # of all the attempts together; None when a price is unknown
+
+
 class RunRecord(BaseModel):
     run_id: str
     status: Status = "running"
@@ -124,6 +157,8 @@ class RunRecord(BaseModel):
     policy_events: list[dict[str, Any]] = Field(default_factory=list)  # every limit hit and refusal
     resumes: list[ResumeRecord] = Field(default_factory=list)
     forked_from: dict[str, Any] | None = None  # run (folder), run_id, at_step, task (None: the same)
+    attempt: AttemptOf | None = None  # one attempt of several (`--attempts`)
+    attempts: AttemptsRecord | None = None  # the run that chose among several attempts: this record is the chosen one's
     error: str | None = None
 
     @property

@@ -115,6 +115,9 @@ class Run:
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), sandbox=self.spec.record() | self.backend.describe(),
             verify=VerifyRecord(command=config.verify) if config.verify else None, policy=config.policy.to_record(),
         )  # fmt: skip
+        if config.attempt is not None:
+            self.record.attempt = config.attempt
+            provider.temperature = config.attempt.temperature
         if continuation is not None:
             self.record = RunRecord.model_validate(self.record.model_dump() | continuation.record)
         self.agent: Agent | None = None
@@ -142,7 +145,7 @@ class Run:
         trajectory.write(
             "run_start", version=FORMAT_VERSION, run_id=self.config.run_id, provider=self.provider.name, model=self.config.model,
             context_window=self.context_window, task=self.config.task, sandbox=self.spec.record(), text_tool_calls=self.provider.text_tool_calls,
-            **self._continues(),
+            **self._continues(), **({"attempt": self.config.attempt.model_dump()} if self.config.attempt else {}),
         )  # fmt: skip
         started = time.monotonic()
         spent = self.continuation.elapsed_s if self.continuation is not None else 0.0
@@ -355,11 +358,18 @@ class Run:
         )  # fmt: skip
         replay = self.continuation.replay if self.continuation is not None else None
         self.agent = Agent(self.provider, startup, agent_limits, self.trace, trajectory, self.guard, sandbox_notes=self._sandbox_notes(), replay=replay)
-        self.record.status = self.agent.run(self.config.task)
+        self.record.status = self.agent.run(self._first_message())
         if self.record.status == "max_steps":
             self.guard.record("limits.max_steps", f"the run reached max_steps = {limits.max_steps}")
         elif self.record.status == "timeout":
             self.guard.record("limits.timeout", f"the run reached its wall-clock limit of {limits.timeout:g} s")
+
+    def _first_message(self) -> str:
+        """The task; for one attempt of several, with its number, so attempts that share a cached prefix still differ."""
+        attempt = self.config.attempt
+        if attempt is None:
+            return self.config.task
+        return f"{self.config.task}\n\n(This is attempt {attempt.number} of {attempt.of} at this task, each in its own sandbox.)"
 
     def _fail(self, status: Status, error: str) -> None:
         self.record.status = status

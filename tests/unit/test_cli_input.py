@@ -31,6 +31,11 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         (["--setup", "auto", "--setup-secret-env", "NO_SUCH_TOKEN"], None, "--setup-secret-env NO_SUCH_TOKEN: the variable is not set"),
         (["--setup", "auto", "--setup-ca", "/nonexistent/ca.pem"], None, "cannot read the setup's CA bundle /nonexistent/ca.pem"),
         (["--setup", "auto", "--setup-ca", "/etc/hostname"], None, "holds no PEM certificate"),
+        (["--attempts", "2"], None, "--attempts without --verify needs --pick smallest|first|none"),
+        (["--attempts", "2", "--pick", "best"], None, "--pick 'best': choose one of smallest, first, none"),
+        (["--pick", "first"], None, "--pick is for several attempts: add --attempts K"),
+        (["--attempts", "2", "--verify", "true", "--pick", "first"], None, "--pick is for --attempts without --verify"),
+        (["--attempts", "2", "--pick", "first", "--stop-at-first-pass"], None, "--stop-at-first-pass needs --verify"),
     ],
 )
 def test_bad_provider_options_are_one_line_and_exit_2(calculator_repo: Path, tmp_path: Path, args: list[str], unset: str | None, message: str) -> None:

@@ -122,6 +122,9 @@ class EngineHost:
             f"ListenAddress {self.address}:22\nHostKey {root / 'host-key'}\nPidFile {root / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            # As the README asks of an engine host: over paramiko every stream is a session of one connection, and
+            # a run under load kept more than the default 10 open (seen once: "open failed: Connect failed").
+            "MaxSessions 64\n"
             # `docker system dial-stdio` on this side must reach the second engine, never the main one.
             f"SetEnv DOCKER_HOST=unix://{self.socket}\n"
         )

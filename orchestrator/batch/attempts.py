@@ -26,7 +26,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.batch.follow import TrajectoryTail, UsageFields
+from orchestrator.batch.interrupts import counted_interrupts
 from orchestrator.batch.job import LOG_NAME, read_record
 from orchestrator.batch.launcher import RunProcess, launch
 from orchestrator.conversation import Usage
@@ -288,19 +288,12 @@ class Attempts:
         self.console.print(table)
         self.console.print(safe(f"chosen: attempt {chosen}: {why}" if chosen is not None else f"none chosen: {why}"), highlight=False)
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
+    def _signals(self) -> contextlib.AbstractContextManager[None]:
         """Ctrl-C (or SIGTERM) asks the loop to stop the attempts cleanly instead of raising mid-way."""
+        return counted_interrupts(self._interrupted)
 
-        def note(*_: Any) -> None:
-            self.interrupts += 1
-
-        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _interrupted(self) -> None:
+        self.interrupts += 1
 
 
 def _signal(attempt: Attempt, sig: int) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import re
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,10 +29,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
+from orchestrator.batch.interrupts import counted_interrupts
 from orchestrator.batch.job import UNFINISHED, Job, read_record
 from orchestrator.batch.placement import Engine, mark_lost, pick, was_lost
 from orchestrator.batch.progress import BatchDisplay, Overview, Row, money
@@ -369,19 +368,12 @@ class Batch:
         view.rows = [Row(job.id, job.state, job.step, job.activity, job.elapsed(), job.usage.total(), job.cost) for job in now if job.state in ACTIVE]
         return view
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
+    def _signals(self) -> contextlib.AbstractContextManager[None]:
         """Ctrl-C (or SIGTERM) asks the loop to stop the runs cleanly instead of raising mid-way."""
+        return counted_interrupts(self._interrupted)
 
-        def note(*_: Any) -> None:
-            self.interrupts += 1
-
-        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _interrupted(self) -> None:
+        self.interrupts += 1
 
     @contextlib.contextmanager
     def _results_lock(self) -> Iterator[None]:

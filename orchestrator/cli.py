@@ -228,8 +228,6 @@ def run(
 
 def _attempts_rule(attempts: int, verify: str | None, pick: str | None, stop_at_first_pass: bool, jobs: int | None, attempt: int | None) -> str | None:
     """How --attempts chooses (verify, or --pick's); None for a single run (or one attempt of several, run by --attempts)."""
-    from orchestrator.batch.attempts import PICKS
-
     if attempts == 1 or attempt is not None:
         given = [name for name, value in (("--pick", pick), ("--stop-at-first-pass", stop_at_first_pass), ("--jobs", jobs)) if value]
         if given and attempt is None:
@@ -237,6 +235,8 @@ def _attempts_rule(attempts: int, verify: str | None, pick: str | None, stop_at_
         if attempt is not None and not 1 <= attempt <= attempts:
             raise UsageError(f"--attempt {attempt} is not one of --attempts {attempts}")
         return None
+    from orchestrator.batch.attempts import PICKS  # only now: a single run never imports the attempts' machinery
+
     if pick is not None and pick not in PICKS:
         raise UsageError(f"--pick {pick!r}: choose one of {', '.join(PICKS)}")
     if verify is not None:
@@ -251,10 +251,10 @@ def _attempts_rule(attempts: int, verify: str | None, pick: str | None, stop_at_
 
 
 def _attempt_of(attempt: int | None, attempts: int, sampled: bool) -> AttemptOf | None:
-    from orchestrator.batch.attempts import temperatures
-
     if attempt is None:
         return None
+    from orchestrator.batch.attempts import temperatures
+
     return AttemptOf(number=attempt, of=attempts, temperature=temperatures(attempts, sampled)[attempt - 1])
 
 

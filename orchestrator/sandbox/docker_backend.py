@@ -49,6 +49,7 @@ STDERR_TAIL_BYTES = 4096
 PROCESS_POLL_S = 1.0  # how often a waiting stream asks whether its process still runs
 LAST_WORDS_S = 0.2  # once it does not, how long what it wrote last may still take to arrive
 CREATED_GRACE_S = 300.0  # a container another airlock created but has not started yet is not abandoned
+STOP_GRACE_S = 10.0  # how long a box whose lifeline closed may take to stop by itself before it is killed
 _STDOUT, _STDERR = 1, 2
 _HEADER = 8  # Docker's multiplexed stream: 1 byte stream type, 3 zero bytes, 4 bytes big-endian size
 LAYOUT = Layout()
@@ -215,9 +216,11 @@ class DockerBox:
         self.proxy = proxy
         self._streams: weakref.WeakSet[DockerStream] = weakref.WeakSet()
         self._died = False
+        self._stopped = threading.Event()  # its container has died (the engine said so)
         self._out_of_memory = False
         self._events = events
-        threading.Thread(target=self._watch, name=f"airlock-watch-{self.id[:12]}", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name=f"airlock-watch-{self.id[:12]}", daemon=True)
+        self._watcher.start()
 
     def _watch(self) -> None:
         """Note when the kernel killed a process of the box for memory (the engine says so only in an event
@@ -228,6 +231,7 @@ class DockerBox:
                 self._out_of_memory = True
             elif action in ("die", "destroy"):
                 self._died = True
+                self._stopped.set()
                 for stream in list(self._streams):
                     stream.abort()
                 return
@@ -270,16 +274,23 @@ class DockerBox:
         return proxy_log(self.client, self.proxy) if self.proxy is not None else ""
 
     def remove(self) -> None:
+        """Let go of the lifelines, give the box a moment to stop by itself, then remove what is left.
+
+        A box that stopped is removed without a kill. Killing a running gVisor box can deadlock Debian's
+        containerd shim (1.6) for minutes: its init exits while `runsc kill` still runs, and until the shim
+        gives up, every inspect of that container, and so every `docker ps`, on the engine hangs."""
         self._died = True  # from here on, its end is ours
         try:
-            remove_run(self.client, self.spec.run_id, also=self.container)
-        finally:
-            _close_events(self._events)
             for pipe in (self._lifeline, *([pipe_of(self.proxy.lifeline)] if self.proxy is not None else [])):
                 try:
                     pipe.close()
                 except OSError:
                     pass
+            if self._watcher.is_alive():  # else no event would tell
+                self._stopped.wait(STOP_GRACE_S)
+            remove_run(self.client, self.spec.run_id, also=self.container)
+        finally:
+            _close_events(self._events)
 
 
 def _close_events(events: Any) -> None:

@@ -99,7 +99,7 @@ def test_inside_the_sandbox_nothing_escapes(run_scripted, calculator_repo: Path,
 def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: Path, runtime: str) -> None:
     abuse = {
         "fork_bomb": "bomb() { bomb | bomb & }; bomb; sleep 3",
-        "after_fork_bomb": "echo alive",
+        "after_fork_bomb": "echo alive; n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo processes=$n",
         "disk_fill": "dd if=/dev/zero of=filler bs=1M count=4096 2>&1 | head -1; rm -f filler",
         "output_flood": "yes flood | head -c 50000000",
         "hanging": "sleep 600",
@@ -112,10 +112,10 @@ def test_abuse_is_contained_and_the_run_finishes(run_scripted, calculator_repo: 
     assert result.record["status"] == "completed"
     calls = {name: call for name, call in zip(abuse, result.events("tool_call"), strict=True)}
 
-    # The process limit stops the bomb, and its whole process group is killed as soon as the shell returns.
-    bomb = calls["fork_bomb"]
-    assert "Resource temporarily unavailable" in bomb["output"] or bomb["meta"]["timed_out"] or bomb["duration_s"] < 8
-    assert calls["after_fork_bomb"]["output"].startswith("alive")
+    # The process limit stops the bomb, and its whole process group is killed as soon as the shell returns:
+    # the next command finds the box's own few processes (init, its keeper, the tool server, itself).
+    after = calls["after_fork_bomb"]["output"]
+    assert after.startswith("alive\nprocesses=") and int(after.split("processes=")[1].split()[0]) < 10, after
     assert "No space left on device" in calls["disk_fill"]["output"]
     flood = calls["output_flood"]
     assert flood["meta"]["dropped_bytes"] > 49_000_000 and "bytes of output dropped" in flood["output"]

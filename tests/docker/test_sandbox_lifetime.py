@@ -1,5 +1,7 @@
 """A sandbox lives exactly as long as its owner, and no read from it can block the host.
 
+- A finished run lets go of its sandbox, which stops by itself and is then removed: nothing is killed, under
+  runc or gVisor (killing a running gVisor box can hang Debian's containerd shim, and the engine with it).
 - The agent's command stops the tool server (SIGSTOP): the run ends as a clean sandbox_error within the
   command's time limit and the channel's grace, with the patch exported and the container gone.
 - Two owners share one engine, one of them in another PID namespace (as on a CI runner, a remote engine or
@@ -26,6 +28,19 @@ from helpers import PROJECT, airlock_env
 from orchestrator.providers.scripted import ScriptedModelServer, reply, text, tool_use
 
 FIX = tool_use("edit_file", path="calculator.py", old_str="def multiply(a, b):\n    return a + b", new_str="def multiply(a, b):\n    return a * b")
+
+
+def test_a_finished_run_removes_its_sandbox_without_killing_it(run_scripted, calculator_repo: Path, docker_client: docker.DockerClient, runtime: str) -> None:
+    since = int(time.time()) - 1
+    result, _ = run_scripted(
+        calculator_repo, [reply(FIX), reply(tool_use("run_bash", command="sleep 600 & echo started")), reply(text("done"))], "--runtime", runtime
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    run_id = result.record["run_id"]
+    events = docker_client.events(since=since, until=int(time.time()) + 1, filters={"type": "container", "label": f"airlock.run-id={run_id}"}, decode=True)
+    actions = [event["Action"] for event in events]
+    assert "start" in actions and "destroy" in actions, actions
+    assert "kill" not in actions and actions.index("die") < actions.index("destroy"), actions
 
 
 def test_a_stopped_tool_server_ends_the_run_within_the_command_timeout(run_scripted, calculator_repo: Path) -> None:

@@ -219,7 +219,7 @@ def run(
         attempt=_attempt_of(attempt, attempts, TAKES_TEMPERATURE[provider]),
     )
     if rule is not None:
-        _run_attempts(config, attempts, jobs or attempts, rule, stop_at_first_pass, TAKES_TEMPERATURE[provider])
+        _run_attempts(config, attempts, jobs or attempts, rule, stop_at_first_pass, TAKES_TEMPERATURE[provider], rate_limit_file)
     adapter = make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)
     record = _execute(config, adapter)
     _print_outputs(config.out)
@@ -258,13 +258,16 @@ def _attempt_of(attempt: int | None, attempts: int, sampled: bool) -> AttemptOf 
     return AttemptOf(number=attempt, of=attempts, temperature=temperatures(attempts, sampled)[attempt - 1])
 
 
-def _run_attempts(config: RunConfig, attempts: int, jobs: int, rule: str, stop_at_first_pass: bool, sampled: bool) -> NoReturn:
+def _run_attempts(
+    config: RunConfig, attempts: int, jobs: int, rule: str, stop_at_first_pass: bool, sampled: bool, rate_limit_file: Path | None
+) -> NoReturn:  # fmt: skip
     """Run the attempts, each `airlock run` with this command line plus its own --out and number, and choose."""
-    from orchestrator.batch.attempts import Attempts
+    from orchestrator.batch.attempts import Attempts, Coordinated
     from orchestrator.policy.guard import PolicyGuard
 
     guard = PolicyGuard(config.policy, config.model)  # the budget of all attempts together (and no price: exit 2 now)
-    code = Attempts(sys.argv[1:], config.out, attempts, jobs, rule, stop_at_first_pass, guard, console, sampled).run()
+    batch = Coordinated(config.stop_file, rate_limit_file)
+    code = Attempts(sys.argv[1:], config.out, attempts, jobs, rule, stop_at_first_pass, guard, console, sampled, batch).run()
     if (config.out / "run.json").exists():
         _print_outputs(config.out)
     raise typer.Exit(code)
@@ -402,6 +405,10 @@ def batch(
     timeout: Annotated[float | None, typer.Option(help="Wall-clock limit per task in seconds (a task may ask for less).")] = None,
     image: Annotated[str | None, typer.Option(help="Sandbox image for tasks that do not name one.")] = None,
     verify: Annotated[str | None, typer.Option(help="Verify command for tasks that do not give one.")] = None,
+    attempts: Annotated[
+        int, typer.Option(min=1, help="Attempts at each task that does not say (`attempts`), within --jobs; the chosen one's patch is the task's.")
+    ] = 1,
+    pick: Annotated[str | None, typer.Option(help="How attempts without a verify command are chosen: smallest, first or none.")] = None,
     max_total_cost: Annotated[float | None, typer.Option(help="USD for the batch: once spent, nothing new starts, running tasks stop.")] = None,
     redo: Annotated[bool, typer.Option(help="Run every task again, even those that finished earlier.")] = False,
     resume: Annotated[
@@ -433,6 +440,11 @@ def batch(
         raise UsageError(f"--max-total-cost must be more than 0, not {max_total_cost:g}")
     if timeout is not None and not timeout > 0:
         raise UsageError(f"--timeout must be more than 0, not {timeout:g}")
+    if pick is not None:
+        from orchestrator.batch.attempts import PICKS
+
+        if pick not in PICKS:
+            raise UsageError(f"--pick {pick!r}: choose one of {', '.join(PICKS)}")
     protocols = check_protocols(allow_protocol or ["https"])
     engines = tuple(parse_engines(backend, engine or [], namespace, jobs))
     model = _model_name(provider, model)
@@ -443,7 +455,7 @@ def batch(
         task=task, verify=verify, model=model, max_steps=max_steps, timeout=timeout, image=image, model_access=tuple(access),
         policy=policy.resolve() if policy else None, allowed_protocols=protocols, needs_price=max_total_cost is not None,
         repos_root=_folder(repos_root, "--repos-root") if repos_root else None, trust_task_policies=trust_task_policies,
-        setup=tuple(setup or ()),
+        setup=tuple(setup or ()), attempts=attempts, pick=pick,
     )  # fmt: skip
     options = BatchOptions(
         out=out.resolve(),

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from orchestrator.batch.follow import TrajectoryTail, UsageFields
 from orchestrator.batch.interrupts import counted_interrupts
-from orchestrator.batch.job import LOG_NAME, read_record
+from orchestrator.batch.job import ATTEMPTS_DIR, LOG_NAME, read_record
 from orchestrator.batch.launcher import RunProcess, launch
 from orchestrator.conversation import Usage
 from orchestrator.policy.guard import PolicyGuard
@@ -46,7 +46,6 @@ from orchestrator.terminal import safe
 PICKS = ("smallest", "first", "none")
 POLL_S = 0.3
 INTERRUPT_GRACE_S = 30.0  # an interrupted run saves its patch and removes its sandbox within seconds
-ATTEMPTS_DIR = "attempts"
 
 
 def temperatures(count: int, sampled: bool = True) -> list[float | None]:
@@ -121,13 +120,23 @@ def _smallest(best: AttemptSummary, candidates: list[AttemptSummary]) -> str:
     return f"the smallest patch ({plural(best.changed_lines, 'changed line')}), {tie}"
 
 
+@dataclass(frozen=True)
+class Coordinated:
+    """What a batch gives the run of a task of several attempts: its stop file (the attempts stop with it)
+    and the rate-limit file its tasks share (so do the attempts)."""
+
+    stop_file: Path | None = None
+    rate_limit_file: Path | None = None
+
+
 class Attempts:
     def __init__(
-        self, args: list[str], out: Path, count: int, jobs: int, rule: str, stop_at_first_pass: bool, guard: PolicyGuard, console: Console, sampled: bool
+        self, args: list[str], out: Path, count: int, jobs: int, rule: str, stop_at_first_pass: bool, guard: PolicyGuard, console: Console, sampled: bool,
+        batch: Coordinated = Coordinated(),
     ) -> None:  # fmt: skip
         """`args`: the `airlock run` command line (after `airlock`) every attempt runs, given its own --out and attempt number;
         `sampled`: the API takes a temperature."""
-        self.args, self.out, self.jobs, self.rule = args, out, jobs, rule
+        self.args, self.out, self.jobs, self.rule, self.batch = args, out, jobs, rule, batch
         self.stop_at_first_pass, self.guard, self.console = stop_at_first_pass, guard, console
         self.attempts = [Attempt(n + 1, out / ATTEMPTS_DIR / str(n + 1), t) for n, t in enumerate(temperatures(count, sampled))]
         self.interrupts = 0
@@ -155,6 +164,7 @@ class Attempts:
                 return
             self._poll()
             self._apply_budget()
+            self._apply_batch_stop()
             self._start_more()
             if not any(a.state in ("queued", "running") for a in self.attempts):
                 return
@@ -170,7 +180,8 @@ class Attempts:
                 attempt.state, attempt.stopped = "not_started", f"not started: {self.stopping}"
                 continue
             attempt.out.mkdir(parents=True, exist_ok=True)
-            coordinated = ["--stop-file", str(self._stop_file(attempt)), "--rate-limit-file", str(self.coordination / "rate-limit")]
+            rate_limit = self.batch.rate_limit_file or self.coordination / "rate-limit"
+            coordinated = ["--stop-file", str(self._stop_file(attempt)), "--rate-limit-file", str(rate_limit)]
             args = [*self.args, "--out", str(attempt.out), "--attempt", str(attempt.number), *coordinated]
             attempt.proc = launch(args, _child_env(), attempt.out / LOG_NAME)
             attempt.state = "running"
@@ -206,13 +217,26 @@ class Attempts:
             total.add(attempt.usage)
         if (reason := self.guard.budget_exceeded(total)) is None:
             return
-        self.stopping = f"the attempts together reached the budget: {reason}"
-        self.console.print(f"[yellow]{safe(self.stopping).markup}: no attempt starts, running ones stop after their current step[/]")
+        self._stop_after_step(f"the attempts together reached the budget: {reason}")
+
+    def _apply_batch_stop(self) -> None:
+        """The batch asked this task to stop (its budget is spent): so are its attempts."""
+        if self.stopping or self.batch.stop_file is None:
+            return
+        try:
+            reason = self.batch.stop_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            return
+        self._stop_after_step(reason or "the batch asked the task to stop")
+
+    def _stop_after_step(self, why: str) -> None:
+        self.stopping = why
+        self.console.print(f"[yellow]{safe(why).markup}: no attempt starts, running ones stop after their current step[/]")
         for attempt in self.attempts:
             if attempt.state == "running":
-                attempt.stopped = f"stopped: {self.stopping}"
+                attempt.stopped = f"stopped: {why}"
                 path = self._stop_file(attempt)
-                path.with_suffix(".tmp").write_text(self.stopping, encoding="utf-8")
+                path.with_suffix(".tmp").write_text(why, encoding="utf-8")
                 path.with_suffix(".tmp").replace(path)  # the run never reads a half-written reason
 
     def _stop_file(self, attempt: Attempt) -> Path:

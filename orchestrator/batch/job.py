@@ -31,6 +31,7 @@ State = Literal["queued", "cloning", "running", "done", "skipped", "not_started"
 # A run.json with one of these did not finish its work: a resumed batch runs the task again.
 UNFINISHED = ("running", "interrupted")
 LOG_NAME = "airlock.log"
+ATTEMPTS_DIR = "attempts"  # a run of several attempts keeps each in OUT/attempts/N
 POLICY_NAME = "policy.toml"
 DEFINITION_NAME = "batch-task.json"  # what the task was when it ran, to tell on resume whether it changed
 
@@ -74,7 +75,8 @@ class Job:
     resume_earlier: bool = False  # its unfinished earlier run is to go on from its recorded steps (`airlock resume`)
     resumed: bool = False  # and it did
     engine: Engine | None = None  # where it runs; taken when it starts (or starts cloning)
-    _tail: TrajectoryTail | None = None
+    slots: int = 1  # of its engine's: a task of several attempts runs this many of them at once
+    _tails: dict[Path, TrajectoryTail] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -118,7 +120,7 @@ class Job:
         policy_file = self.out / POLICY_NAME  # kept with the run: the policy it ran under, and what it was made of
         policy_file.write_text(self.task.policy.to_toml(), encoding="utf-8")
         args = [
-            "run", str(repo), "--task-file", str(task_file), "--out", str(self.out), *self.task.run_options(policy_file),
+            "run", str(repo), "--task-file", str(task_file), "--out", str(self.out), *self.task.run_options(policy_file, self.slots),
             *(where.run_options() if where else []), *coordinated,
         ]  # fmt: skip
         self.proc = launch(args, env, self.out / LOG_NAME)
@@ -153,15 +155,16 @@ class Job:
             self.proc.wait()
 
     def read_progress(self) -> list[int]:
-        """Take in the trajectory lines written since the last call; returns the steps that began."""
-        if self._tail is None:
-            self._tail = TrajectoryTail(self.out / "trajectory.jsonl")
+        """Take in the trajectory lines written since the last call (of each attempt, for a task of several);
+        returns the steps that began."""
         began = []
-        for event in self._tail.new_events():
+        for event in [event for tail in self._trajectories() for event in tail.new_events()]:
             kind = event.get("type")
             if kind == "model_request":
-                self.step, self.activity = event.get("step", self.step), "waiting for the model"
-                began.append(self.step)
+                step, self.activity = event.get("step", self.step), "waiting for the model"
+                if step > self.step or self.task.attempts == 1:  # of several attempts: the furthest one's
+                    self.step = step
+                    began.append(step)
             elif kind == "model_response":
                 self.usage.add(UsageFields(event.get("usage") or {}))
                 names = [p.get("name", "?") for p in (event.get("message") or {}).get("content", []) if p.get("type") == "tool_call"]
@@ -171,6 +174,17 @@ class Job:
             elif kind == "run_end":
                 self.activity = "finishing"
         return began
+
+    def _trajectories(self) -> list[TrajectoryTail]:
+        """Where its steps are recorded: its run's trajectory, or each attempt's (the run's own is only the
+        chosen one's copy, at the end)."""
+        if self.task.attempts == 1:
+            paths = [self.out / "trajectory.jsonl"]
+        else:
+            paths = sorted((self.out / ATTEMPTS_DIR).glob("*/trajectory.jsonl"))
+        for path in paths:
+            self._tails.setdefault(path, TrajectoryTail(path))
+        return [self._tails[path] for path in paths]
 
     def finish(self, *, interrupted: bool) -> None:
         """The process has exited: take its outcome from run.json, or say why there is none."""

@@ -33,8 +33,8 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.batch.interrupts import counted_interrupts
-from orchestrator.batch.job import UNFINISHED, Job, read_record
-from orchestrator.batch.placement import Engine, mark_lost, pick, was_lost
+from orchestrator.batch.job import ATTEMPTS_DIR, UNFINISHED, Job, read_record
+from orchestrator.batch.placement import Engine, mark_lost, pick, room, was_lost
 from orchestrator.batch.progress import BatchDisplay, Overview, Row, money
 from orchestrator.batch.repo_source import CloneError, RepoCache
 from orchestrator.batch.summary import print_table, task_row, totals, write_json, write_predictions
@@ -154,7 +154,8 @@ class Batch:
                 self.display.log(f"{safe(job.id).markup} runs again: its definition changed since its earlier run ({safe(', '.join(changed)).markup})")
                 continue
             if record.get("status") in UNFINISHED or was_lost(job.out):
-                job.resume_earlier = self.options.resume and (job.out / "trajectory.jsonl").is_file()
+                # A run of several attempts starts over: `airlock resume` goes on with one run, not with attempts.
+                job.resume_earlier = self.options.resume and job.task.attempts == 1 and (job.out / "trajectory.jsonl").is_file()
                 continue
             job.state, job.record, job.status, job.error = "skipped", record, record.get("status"), record.get("error")
             self.display.log(f"{safe(job.id).markup} skipped: finished earlier ({safe(job.status).markup})")
@@ -197,15 +198,18 @@ class Batch:
                 self._backoff_seen = deadline
                 self.display.log(f"[yellow]rate limited by the API (429): no new task starts for {wait:.1f} s[/]")
             return
-        busy = [job.engine for job in self.jobs if job.state in ACTIVE and job.engine is not None]
+        busy = [job.engine for job in self.jobs if job.state in ACTIVE and job.engine is not None for _ in range(job.slots)]
         for job in [job for job in self.jobs if job.state == "queued"]:
             if all(engine.down for engine in self.engines):
                 job.not_started("not started: every engine stopped answering")
                 continue
             if (engine := pick(self.engines, busy)) is None:
                 break
-            busy.append(engine)
-            job.engine = engine
+            slots = min(job.task.attempts, engine.jobs)  # a task of several attempts runs as many at once as its engine allows
+            if room(engine, busy) < slots:
+                break  # in order: it waits for the room, rather than be overtaken for ever
+            busy += [engine] * slots
+            job.engine, job.slots = engine, slots
             if job.task.url is not None:
                 job.state = "cloning"
                 job.clone = self.executor.submit(self.cache.fetch, job.task.url, job.task.ref)
@@ -405,8 +409,9 @@ def _remove_sandboxes_of(jobs: list[Job]) -> None:
     """Remove the sandboxes of runs that died or were killed, and any other abandoned one; never fails the batch."""
     by_engine: dict[Engine | None, list[str]] = {}
     for job in jobs:
-        if (record := read_record(job.out)) and "run_id" in record:
-            by_engine.setdefault(job.engine, []).append(str(record["run_id"]))
+        for folder in [job.out, *sorted((job.out / ATTEMPTS_DIR).glob("*/"))]:  # a task of several attempts: each is a run
+            if (record := read_record(folder)) and "run_id" in record:
+                by_engine.setdefault(job.engine, []).append(str(record["run_id"]))
     for engine, runs in by_engine.items():
         if engine is not None and engine.down:
             continue  # gone: `airlock gc` there removes them once it is back

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -51,6 +51,8 @@ class TaskEntry(BaseModel):
     policy: str | None = Field(None, min_length=1)
     # The task's setup phase: a command, a list of them ("auto" detects), or a [setup] table's keys.
     setup: str | list[str] | dict[str, Any] | None = None
+    attempts: int | None = Field(None, ge=1)  # `airlock run --attempts`: the chosen patch is the task's
+    pick: Literal["smallest", "first", "none"] | None = None  # how attempts without a verify command are chosen
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Defaults:
     repos_root: Path | None = None  # local repos must lie below it (default: the tasks file's folder)
     trust_task_policies: bool = False  # a task's policy replaces the operator's instead of tightening it
     setup: tuple[str, ...] = ()  # --setup: the setup commands of tasks that do not give their own
+    attempts: int = 1  # --attempts and --pick: for tasks that do not say
+    pick: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,14 @@ class BatchTask:
     price: Price | None = None  # None: the cost is unknown
     model_access: tuple[str, ...] = ()
     sandbox_image: str = DEFAULT_IMAGE  # the image its sandbox runs: `image`, else its policy's
+    attempts: int = 1  # more than one: its run is `airlock run --attempts`, and its patch the chosen one
+    pick: str | None = None
 
     def definition(self) -> dict[str, Any]:
         """Everything that decides what the task's run does; a resumed batch runs it again when this changed."""
         return {
             "task": self.task, "repo": self.repo, "ref": self.ref, "model": self.model, "model_access": list(self.model_access),
-            "verify": self.verify, "policy": self.policy.model_dump(mode="json"),
+            "verify": self.verify, "policy": self.policy.model_dump(mode="json"), "attempts": self.attempts, "pick": self.pick,
         }  # fmt: skip
 
     def resume_options(self) -> list[str]:
@@ -101,10 +107,14 @@ class BatchTask:
         access = list(self.model_access)
         return [part for i, key in enumerate(access) if key in ("--base-url", "--api-key-env") for part in access[i : i + 2]]
 
-    def run_options(self, policy_file: Path) -> list[str]:
-        """The `airlock run` options that carry this task's settings; its policy is written to `policy_file`."""
+    def run_options(self, policy_file: Path, slots: int = 1) -> list[str]:
+        """The `airlock run` options that carry this task's settings; its policy is written to `policy_file`;
+        its attempts run `slots` at a time."""
         options = [*self.model_access, "--model", self.model, "--policy", str(policy_file)]
-        return options + (["--verify", self.verify] if self.verify is not None else [])
+        options += ["--verify", self.verify] if self.verify is not None else []
+        if self.attempts > 1:
+            options += ["--attempts", str(self.attempts), "--jobs", str(slots), *(["--pick", self.pick] if self.pick else [])]
+        return options
 
 
 @dataclass
@@ -234,6 +244,7 @@ class _Checker:
             "model_access": d.model_access,
             "verify": entry.verify or d.verify,
             **self._repo(entry, problems),
+            **self._attempts(entry, entry.verify or d.verify, problems),
         }
         policy = self._effective_policy(entry, problems)
         if policy is not None:
@@ -262,6 +273,22 @@ class _Checker:
         if not values:
             return policy
         return policy.with_overrides(**{f"setup_{key}": value for key, value in setup.model_dump().items()})
+
+    def _attempts(self, entry: TaskEntry, verify: str | None, problems: list[str]) -> dict[str, Any]:
+        """As `airlock run --attempts` checks them: a verify command's verdict chooses, else `pick` must say how.
+        The batch's --pick is for its tasks without a verify command."""
+        attempts, pick = entry.attempts or self.defaults.attempts, entry.pick or self.defaults.pick
+        if attempts == 1:
+            if entry.pick is not None:
+                problems.append('"pick" is for several attempts: add "attempts"')
+            return {}
+        if verify is not None:
+            if entry.pick is not None:
+                problems.append('"pick" is for attempts without a verify command: with one, an attempt whose verify passed is chosen')
+            return {"attempts": attempts}
+        if pick is None:
+            problems.append('"attempts" without a verify command needs "pick" (smallest, first or none): nothing else can tell the attempts apart')
+        return {"attempts": attempts, "pick": pick}
 
     def _id(self, given: str | None, repo: str, problems: list[str]) -> str:
         derived = given is None

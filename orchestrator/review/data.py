@@ -100,6 +100,7 @@ class RunSummary(_Loose):
     policy_events: list[dict[str, Any]] = Field(default_factory=list)
     resumes: list[dict[str, Any]] = Field(default_factory=list)
     forked_from: dict[str, Any] | None = None
+    attempts: dict[str, Any] | None = None  # `airlock run --attempts`: how the one this record is was chosen
     error: str | None = None
 
 
@@ -287,6 +288,7 @@ class RunData(BaseModel):
     trajectory: Trajectory = Field(default_factory=Trajectory)
     flags: list[Flag] = Field(default_factory=list)  # run-level findings; per-file ones are on the diffs
     problems: list[str] = Field(default_factory=list)  # what was missing or unreadable
+    attempts: list[Attempt] = Field(default_factory=list)  # a run of several attempts: each, the chosen one first
 
     @property
     def status(self) -> str:
@@ -321,6 +323,42 @@ class RunData(BaseModel):
         return sum(diff.deletions for diff in self.diffs) if self.diff_source else self.summary.patch.deletions
 
 
+class Attempt(BaseModel):
+    """One attempt of a run of several, as its run.json lists it, with its own run folder when it ran."""
+
+    number: int
+    status: str
+    verify: bool | None = None
+    changed_lines: int = 0
+    steps: int = 0
+    cost_usd: float | None = None
+    temperature: float | None = None
+    chosen: bool = False
+    note: str | None = None  # why airlock stopped it or never started it
+    run: RunData | None = None
+
+
+RunData.model_rebuild()  # its attempts are runs too
+
+
+def _attempts(folder: Path, listed: dict[str, Any] | None, problems: list[str]) -> list[Attempt]:
+    """The attempts run.json lists (their numbers, not their folder names, say where they are), chosen first."""
+    if not isinstance(listed, dict) or not isinstance(listed.get("attempts"), list):
+        return []
+    attempts = []
+    for row in listed["attempts"]:
+        try:
+            attempt = Attempt.model_validate({**row, "note": row.get("stopped"), "chosen": row.get("number") == listed.get("chosen"), "run": None})
+        except (ValidationError, TypeError, AttributeError):
+            problems.append("run.json lists an attempt that cannot be read")
+            continue
+        own = folder / "attempts" / str(attempt.number)
+        if is_run_folder(own):
+            attempt.run = load_run(own, f"attempt {attempt.number}")
+        attempts.append(attempt)
+    return sorted(attempts, key=lambda a: (not a.chosen, a.number))
+
+
 def load_run(folder: Path, name: str | None = None) -> RunData:
     problems: list[str] = []
     summary = _read_summary(folder / "run.json", problems)
@@ -334,6 +372,7 @@ def load_run(folder: Path, name: str | None = None) -> RunData:
             status=trajectory.end_status or "unknown",
         )  # fmt: skip
     run = RunData(folder=folder, name=name or folder.name, summary=summary, trajectory=trajectory, problems=problems)
+    run.attempts = _attempts(folder, summary.attempts, problems)
     _load_diff(run)
     run.flags = _run_flags(run)
     return run

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from orchestrator.errors import UsageError
-from orchestrator.review.data import Collection, RunData, Step, ToolCall, model_label
+from orchestrator.review.data import Attempt, Collection, RunData, Step, ToolCall, model_label
 from orchestrator.review.diff import DiffLine, FileDiff
 from orchestrator.review.flags import SEVERITY_ORDER, Flag, describe_char
 from orchestrator.review.highlight import Tokens, highlight
@@ -349,10 +349,51 @@ def _run(run: RunData, i: int, anchors: list[str], target: Path) -> str:
         out.append(f'<h3>Error</h3>\n<div class="box"><pre class="out">{_t(summary.error)}</pre></div>\n')
     out.append(_setup(run))
     out.append(_verify(run))
+    out.append(_attempts(run, anchor))
     out.append(_diff_section(run, anchor))
     out.append(_timeline(run, anchor))
+    out += [_attempt_changes(attempt, f"{anchor}~a{attempt.number}") for attempt in run.attempts if attempt.run is not None and not attempt.chosen]
     out.append("</section>\n")
     return "".join(out)
+
+
+def _attempts(run: RunData, anchor: str) -> str:
+    """A run of several attempts: each side by side, the chosen one first, its changes one click away."""
+    if not run.attempts:
+        return ""
+    why = (run.summary.attempts or {}).get("why")
+    rows = []
+    for attempt in run.attempts:
+        verify = (
+            '<span class="faint">—</span>'
+            if attempt.verify is None
+            else '<span class="verdict-ok">✓ passed</span>'
+            if attempt.verify
+            else '<span class="verdict-bad">✗ failed</span>'
+        )
+        if attempt.run is None:
+            change = f'<span class="faint">{_t(attempt.note or "did not run")}</span>'
+        else:
+            target = f"#{anchor}~changes" if attempt.chosen else f"#{anchor}~a{attempt.number}~changes"
+            change = f'<a href="{target}">{_change_cell(attempt.run)}</a>'
+        temperature = "default" if attempt.temperature is None else f"{attempt.temperature:g}"
+        rows.append(
+            f"<tr><td>{attempt.number}{' <b>chosen</b>' if attempt.chosen else ''}</td><td>{_status_pill(attempt.status)}</td>"
+            f'<td class="nowrap">{verify}</td><td class="nowrap">{change}</td><td class="num">{attempt.steps}</td>'
+            f'<td class="num">{_cost(attempt.cost_usd)}</td><td class="num">{temperature}</td></tr>'
+        )
+    head = "".join(f"<th>{label}</th>" for label in ("Attempt", "Status", "Verify", "Change", "Steps", "Cost", "Temperature"))
+    note = (
+        f'<div class="box muted">{_t(("Chosen: " if run.summary.attempts and run.summary.attempts.get("chosen") else "None chosen: ") + why)}</div>\n'
+        if why
+        else ""
+    )
+    return f'<h3>Attempts</h3>\n{note}<div class="panel"><table class="files attempts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>\n'
+
+
+def _attempt_changes(attempt: Attempt, anchor: str) -> str:
+    assert attempt.run is not None
+    return _diff_section(attempt.run, anchor, title=f"Attempt {attempt.number}: changes")
 
 
 def _facts(run: RunData, target: Path) -> str:
@@ -444,8 +485,8 @@ def _verify(run: RunData) -> str:
 # ----------------------------------------------------------------------------- diff
 
 
-def _diff_section(run: RunData, anchor: str) -> str:
-    out = ["<h3>Changes</h3>\n"]
+def _diff_section(run: RunData, anchor: str, title: str = "Changes") -> str:
+    out = [f'<h3 id="{anchor}~changes">{_t(title)}</h3>\n']
     if run.diff_source is None:
         return out[0] + '<div class="box muted">No patch file in this run folder.</div>\n'
     if not run.diffs:

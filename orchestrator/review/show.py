@@ -58,6 +58,7 @@ def _first_line(text: str) -> str:
 
 def render_run(run: RunData, console: Console, *, max_lines: int = 200) -> None:
     _header(run, console)
+    _attempts(run, console)
     _flags(run, console)
     _diffstat(run, console)
     _diff(run, console, max_lines)
@@ -105,6 +106,15 @@ def _header(run: RunData, console: Console) -> None:
         console.print(join(Text("error  ", style="bold red"), safe(s.error)))
     for problem in run.problems:
         console.print(join(Text("note   ", style="yellow"), safe(problem)))
+
+
+def _attempts(run: RunData, console: Console) -> None:
+    """A run of several attempts: each in a line, the chosen one first."""
+    for attempt in run.attempts:
+        verdict = "" if attempt.verify is None else (" · verify passed" if attempt.verify else " · verify failed")
+        change = f"+{attempt.run.insertions} -{attempt.run.deletions}" if attempt.run is not None else (attempt.note or "did not run")
+        line = f"attempt {attempt.number}{' (chosen)' if attempt.chosen else ''}: {attempt.status}{verdict} · {change} · {plural(attempt.steps, 'step')}"
+        console.print(join(Text("try    ", style="bold"), safe(line), Text(f"  {attempt.run.folder}" if attempt.run else "", style="dim")))
 
 
 def _flags(run: RunData, console: Console) -> None:

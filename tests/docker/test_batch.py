@@ -575,3 +575,39 @@ def test_ctrl_c_interrupts_every_task_and_a_rerun_resumes(tmp_path: Path, docker
         assert resumed["run_id"] == run_ids[name] and resumed["resumes"][0]["previous_status"] == "interrupted"
         assert (out / name / "trajectory.resume-1.jsonl").is_file()
         assert f"{name} started (resuming its earlier run from its recorded steps)" in again.stdout
+
+
+def test_a_task_of_several_attempts_takes_its_slots_gives_the_chosen_patch_and_is_reviewed_side_by_side(tmp_path: Path) -> None:
+    calculator_copies(tmp_path, "multi", "single")
+    verify = "grep -q 'a \\* b' calculator.py"
+    entries = [
+        {"id": "multi", "repo": "multi", "task": "Fix multiply. [multi]", "verify": verify, "attempts": 3},
+        {"id": "single", "repo": "single", "task": "Fix multiply. [single]"},
+    ]
+    tasks, out = write_jsonl(tmp_path / "tasks.jsonl", entries), tmp_path / "results"
+    wrong = tool_use("edit_file", path="calculator.py", old_str="def multiply(a, b):\n    return a + b", new_str="def multiply(a, b):\n    return a - b")
+    scripts = {  # each attempt is told apart by the attempt number in its first message
+        "attempt 1 of": [reply(wrong), reply(text("done"))],
+        "attempt 2 of": [reply(FIX), reply(text("done"))],
+        "attempt 3 of": [reply(text("nothing to do"))],
+        "[single]": [reply(FIX), reply(text("done"))],
+    }
+    with ScriptedModelServer(scripts) as api:
+        proc = batch(tasks, "--out", out, "--jobs", "2", base_url=api.base_url)
+    log = proc.stdout
+    assert proc.returncode == 0, log + proc.stderr
+    assert summary(out)["by_id"]["multi"]["status"] == "completed" and record(out, "multi")["attempts"]["chosen"] == 2
+    assert "3 attempts, 2 at a time" in (out / "multi" / "airlock.log").read_text()
+    # Its attempts took both of --jobs 2: the next task started only once it ended.
+    assert log.index("single started") > log.index("multi completed"), log
+    predictions = {p["instance_id"]: p["model_patch"] for p in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert predictions["multi"] == (out / "multi" / "attempts" / "2" / "patch.diff").read_text() and FIXED.decode() in predictions["multi"]
+
+    report = airlock("review", str(out), env=airlock_env(NO_MODEL))
+    assert report.returncode == 0, report.stderr
+    html = (out / "report.html").read_text()
+    attempts = html[html.index("<h3>Attempts</h3>") : html.index("</table>", html.index("<h3>Attempts</h3>"))]
+    rows = attempts.split("<tr>")[2:]  # after the header row: the chosen one first, then by number
+    assert [row.split("</td>")[0].removeprefix("<td>") for row in rows] == ["2 <b>chosen</b>", "1", "3"]
+    assert "✗ failed" in rows[1] and 'href="#' in rows[1] and "~a1~changes" in rows[1] and "Attempt 1: changes" in html
+    assert "Chosen: the only attempt whose verify passed" in attempts

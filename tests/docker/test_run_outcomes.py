@@ -162,13 +162,16 @@ def test_a_repo_larger_than_the_workspace_is_refused_before_anything_starts(run_
 
 
 def test_a_sandbox_killed_for_memory_says_so_at_once(run_scripted, calculator_repo: Path) -> None:
-    """A command fills /tmp (a tmpfs) up to the memory limit: it is killed, as it should be, and the run
-    goes on. Then the tool server needs memory there is none of: the kernel kills it too. The engine
-    never ends the stream of a killed process, so the run has to find that out, and say why, at once."""
+    """A command takes more memory than the limit: it is killed, as it should be, and the run goes on.
+    Then a command fills /tmp (a tmpfs, whose pages its death does not give back) and the tool server needs
+    memory there is none of: the kernel kills it too, at the latest at the next write. The engine never
+    ends the stream of a killed process, so the run has to find that out, and say why, at once."""
+    hog = tool_use("run_bash", command="python3 -c 'hog = b\"x\" * (400 * 2**20)'")
     fill = tool_use("run_bash", command="head -c 400m /dev/zero > /tmp/fill; echo survived")
     big_write = tool_use("write_file", path="big.txt", content="x" * (24 * 1024**2))
+    turns = [reply(FIX), reply(hog), reply(fill), reply(big_write), reply(text("never reached"))]
     started = time.monotonic()
-    result, _ = run_scripted(calculator_repo, [reply(FIX), reply(fill), reply(big_write), reply(text("never reached"))], "--memory", "320m", "--disk", "64m")
+    result, _ = run_scripted(calculator_repo, turns, "--memory", "320m", "--disk", "64m")
     assert time.monotonic() - started < 120  # not the minutes of a read that nobody ends
     assert result.exit_code == 3, result.stdout + result.stderr
     assert result.events("tool_call")[1]["meta"]["exit_code"] == -9  # the command was the first to go

@@ -133,3 +133,43 @@ def test_live_board_shows_totals_and_a_row_per_running_task() -> None:
     assert "12,345 tokens · $0.0123 + unknown · 1m05s elapsed · ETA 0m40s" in shown
     assert "rate limited by the API: every task waits 3 s" in shown
     assert "fix-3" in shown and "run_bash" in shown and "from-git" in shown and "clone" in shown and "cost unknown" in shown
+
+
+def test_a_task_of_several_attempts_is_checked_as_airlock_run_checks_them(tmp_path: Path) -> None:
+    from orchestrator.batch.tasks import Defaults, load_tasks
+
+    (tmp_path / "repo").mkdir()
+    lines = [
+        {"id": "verified", "repo": "repo", "task": "t", "verify": "pytest", "attempts": 3},
+        {"id": "picked", "repo": "repo", "task": "t", "attempts": 2, "pick": "smallest"},
+        {"id": "batch-wide", "repo": "repo", "task": "t"},
+        {"id": "one", "repo": "repo", "task": "t", "attempts": 1},
+        {"id": "no-rule", "repo": "repo", "task": "t", "attempts": 2, "pick": None},
+        {"id": "pick-alone", "repo": "repo", "task": "t", "pick": "first", "attempts": 1},
+        {"id": "both", "repo": "repo", "task": "t", "verify": "pytest", "attempts": 2, "pick": "first"},
+        {"id": "unknown-pick", "repo": "repo", "task": "t", "attempts": 2, "pick": "best"},
+        {"id": "zero", "repo": "repo", "task": "t", "attempts": 0},
+    ]
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    loaded = load_tasks(tasks, Defaults(attempts=4, pick="first"))
+    by_id = {task.id: task for task in loaded.tasks}
+    assert list(by_id) == ["verified", "picked", "batch-wide", "one", "no-rule"]  # no-rule takes the batch's --pick
+    assert (by_id["verified"].attempts, by_id["verified"].pick) == (3, None)
+    assert (by_id["picked"].attempts, by_id["picked"].pick) == (2, "smallest")
+    assert (by_id["batch-wide"].attempts, by_id["batch-wide"].pick, by_id["one"].attempts) == (4, "first", 1)
+    problems = "\n".join(loaded.problems)
+    assert ':6: "pick" is for several attempts' in problems and ':7: "pick" is for attempts without a verify command' in problems
+    assert (
+        ":8: pick: input should be 'smallest', 'first' or 'none'" in problems.lower()
+        and ":9: attempts: input should be greater than or equal to 1" in problems.lower()
+    )
+
+    options = by_id["verified"].run_options(tmp_path / "p.toml", slots=2)
+    assert options[-4:] == ["--attempts", "3", "--jobs", "2"] and "--pick" not in options
+    assert by_id["picked"].run_options(tmp_path / "p.toml", slots=2)[-6:] == ["--attempts", "2", "--jobs", "2", "--pick", "smallest"]
+    assert "--attempts" not in by_id["one"].run_options(tmp_path / "p.toml")
+
+    without_pick = load_tasks(tasks, Defaults())
+    assert any(':5: "attempts" without a verify command needs "pick"' in problem for problem in without_pick.problems)

@@ -243,7 +243,9 @@ class DockerBox:
                 raise OSError("the container is gone")
             exec_id = api.exec_create(self.id, cmd, stdin=stdin, stdout=True, stderr=True, tty=False, user=user)["Id"]
             stream = DockerStream(api, exec_id, api.exec_start(exec_id, socket=True))
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        except Exception as exc:
+            if not _transport_error(exc):
+                raise
             cause = self.failure()
             raise SandboxError(f"could not run `{cmd[0]}` in the sandbox: {cause or docker_message(exc)}") from None
         self._streams.add(stream)
@@ -481,6 +483,36 @@ def missing_image(image: str, known: list[str]) -> str:
     return f"sandbox image {image!r} not found on this Docker engine (build or load it, or leave --image out for {DEFAULT_IMAGE})"
 
 
+SSH_SESSIONS_REFUSED = (
+    "the engine's SSH server refused one more session of airlock's connection (OpenSSH allows 10 by default, "
+    "and a busy run keeps more open): set `MaxSessions 64` in the engine host's sshd_config"
+)
+
+
 def docker_message(exc: BaseException) -> str:
+    if _refused_session(exc):
+        return SSH_SESSIONS_REFUSED
     explanation = getattr(exc, "explanation", None)
     return str(explanation or exc)
+
+
+def _transport_error(exc: BaseException) -> bool:
+    """The engine or the way to it failed: Docker's and requests' errors, and over ssh paramiko's own, which
+    its channel raises unwrapped (paramiko is docker-py's to import: only ssh:// engines need it)."""
+    return isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException, OSError)) or type(exc).__module__.startswith("paramiko")
+
+
+def _refused_session(exc: BaseException) -> bool:
+    """paramiko's ChannelException(2, ...) anywhere in the chain (requests and urllib3 wrap it): sshd said
+    "administratively prohibited" to a new channel, what OpenSSH says beyond MaxSessions."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        error = todo.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if type(error).__name__ == "ChannelException" and getattr(error, "code", None) == 2:
+            return True
+        todo += [error.__cause__, error.__context__, *error.args, getattr(error, "reason", None)]
+    return False

@@ -106,3 +106,18 @@ def test_a_send_nobody_reads_fails_once_the_reader_is_gone_and_resumes_while_it_
     assert bytes(received) == data
     for sock in (client, engine, client2, engine2):
         sock.close()
+
+
+def test_an_ssh_server_refusing_one_more_session_is_told_with_what_to_set() -> None:
+    """OpenSSH refuses channels beyond MaxSessions with code 2; requests and urllib3 wrap paramiko's error."""
+    import paramiko
+    import requests
+    import urllib3
+
+    from orchestrator.sandbox.docker_backend import SSH_SESSIONS_REFUSED, docker_message
+
+    refused = paramiko.ChannelException(2, "Connect failed")
+    wrapped = requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.", refused))
+    assert docker_message(refused) == docker_message(wrapped) == SSH_SESSIONS_REFUSED and "MaxSessions 64" in SSH_SESSIONS_REFUSED
+    other = requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.", paramiko.ChannelException(1, "no")))
+    assert "MaxSessions" not in docker_message(other) and docker_message(requests.exceptions.ConnectionError("down")) == "down"

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
@@ -25,7 +26,7 @@ from orchestrator.errors import AirlockError, UsageError
 from orchestrator.providers import DEFAULT_MODEL, DEFAULT_PROVIDER, PROVIDERS, TAKES_TEMPERATURE, check_provider, make_provider, resolve_api_key
 from orchestrator.providers.base import Provider
 from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id, read_task
-from orchestrator.run.record import AttemptOf, RunRecord
+from orchestrator.run.record import AttemptOf, RunRecord, VerifyRecord
 from orchestrator.sandbox.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from orchestrator.sandbox.spec import DEFAULT_IMAGE
 from orchestrator.sizes import plural
@@ -219,7 +220,7 @@ def run(
         attempt=_attempt_of(attempt, attempts, TAKES_TEMPERATURE[provider]),
     )
     if rule is not None:
-        _run_attempts(config, attempts, jobs or attempts, rule, stop_at_first_pass, TAKES_TEMPERATURE[provider], rate_limit_file)
+        _run_attempts(config, provider, attempts, jobs or attempts, rule, stop_at_first_pass, rate_limit_file)
     adapter = make_provider(provider, model, api_key=api_key, base_url=base_url, rate_limit_file=rate_limit_file, text_tool_calls=text_tool_calls)
     record = _execute(config, adapter)
     _print_outputs(config.out)
@@ -259,7 +260,7 @@ def _attempt_of(attempt: int | None, attempts: int, sampled: bool) -> AttemptOf 
 
 
 def _run_attempts(
-    config: RunConfig, attempts: int, jobs: int, rule: str, stop_at_first_pass: bool, sampled: bool, rate_limit_file: Path | None
+    config: RunConfig, provider: str, attempts: int, jobs: int, rule: str, stop_at_first_pass: bool, rate_limit_file: Path | None
 ) -> NoReturn:  # fmt: skip
     """Run the attempts, each `airlock run` with this command line plus its own --out and number, and choose."""
     from orchestrator.batch.attempts import Attempts, Coordinated
@@ -267,7 +268,13 @@ def _run_attempts(
 
     guard = PolicyGuard(config.policy, config.model)  # the budget of all attempts together (and no price: exit 2 now)
     batch = Coordinated(config.stop_file, rate_limit_file)
-    code = Attempts(sys.argv[1:], config.out, attempts, jobs, rule, stop_at_first_pass, guard, console, sampled, batch).run()
+    provisional = RunRecord(
+        run_id=config.run_id, repo=str(config.repo), task=config.task, model=config.model, provider=provider,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), policy=config.policy.to_record(),
+        verify=VerifyRecord(command=config.verify) if config.verify else None,
+    )  # fmt: skip
+    sampled = TAKES_TEMPERATURE[provider]
+    code = Attempts(sys.argv[1:], config.out, attempts, jobs, rule, stop_at_first_pass, guard, console, sampled, batch).run(provisional)
     if (config.out / "run.json").exists():
         _print_outputs(config.out)
     raise typer.Exit(code)

@@ -137,14 +137,19 @@ class Attempts:
         """`args`: the `airlock run` command line (after `airlock`) every attempt runs, given its own --out and attempt number;
         `sampled`: the API takes a temperature."""
         self.args, self.out, self.jobs, self.rule, self.batch = args, out, jobs, rule, batch
+        self.provisional: RunRecord | None = None  # run.json until the choice: the run, its attempts so far
         self.stop_at_first_pass, self.guard, self.console = stop_at_first_pass, guard, console
         self.attempts = [Attempt(n + 1, out / ATTEMPTS_DIR / str(n + 1), t) for n, t in enumerate(temperatures(count, sampled))]
         self.interrupts = 0
         self.stopping: str | None = None  # why no further attempt starts
         self.coordination: Path
 
-    def run(self) -> int:
+    def run(self, provisional: RunRecord | None = None) -> int:
+        """`provisional`: the run as described before any attempt ran; saved as run.json (status running, the
+        attempts so far) until the choice replaces it, so even a killed run leaves a record of its attempts."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self.provisional = provisional
+        self._save_provisional()
         self.console.print(f"airlock run: {plural(len(self.attempts), 'attempt')}, {self.jobs} at a time; choosing by {self._rule_text()}", markup=False)
         with self._signals(), tempfile.TemporaryDirectory(prefix="airlock-attempts-") as coordination:
             self.coordination = Path(coordination)
@@ -186,6 +191,7 @@ class Attempts:
             attempt.proc = launch(args, _child_env(), attempt.out / LOG_NAME)
             attempt.state = "running"
             self.console.print(f"attempt {attempt.number} started (temperature: {_temperature(attempt.temperature)})", markup=False)
+            self._save_provisional()
 
     def _poll(self) -> None:
         for attempt in self.attempts:
@@ -197,7 +203,15 @@ class Attempts:
                 attempt.state, attempt.record = "done", read_record(attempt.out)
                 self._ended(attempt)
 
+    def _save_provisional(self) -> None:
+        if self.provisional is None:
+            return
+        summaries = [attempt.summary() if attempt.state == "done" else _waiting(attempt) for attempt in self.attempts]
+        self.provisional.attempts = AttemptsRecord(rule=self.rule, chosen=None, why="the attempts are running", attempts=summaries)
+        self.provisional.save(self.out)
+
     def _ended(self, attempt: Attempt) -> None:
+        self._save_provisional()
         summary = attempt.summary()
         verdict = "" if summary.verify is None else f", verify {'passed' if summary.verify else 'failed'}"
         line = f"attempt {attempt.number}: {summary.status}{verdict}, {plural(summary.steps, 'step')}, {plural(summary.changed_lines, 'changed line')}"
@@ -270,6 +284,10 @@ class Attempts:
         record = self._record(chosen, attempts)
         if record is None:
             self.console.print(safe(f"no attempt ran: {self.stopping or why}"), highlight=False)
+            if self.provisional is not None:  # the run ended: its record must not stay `running`
+                self.provisional.status = "interrupted" if self.interrupts else "budget_exceeded"
+                self.provisional.attempts, self.provisional.error = attempts, f"no attempt ran: {self.stopping or why}"
+                self.provisional.save(self.out)
             return 130 if self.interrupts else 1
         record.save(self.out)
         return record.exit_code
@@ -318,6 +336,11 @@ class Attempts:
 
     def _interrupted(self) -> None:
         self.interrupts += 1
+
+
+def _waiting(attempt: Attempt) -> AttemptSummary:
+    """An attempt not ended yet, as the provisional record lists it."""
+    return AttemptSummary(number=attempt.number, folder=f"{ATTEMPTS_DIR}/{attempt.number}", status=attempt.state, temperature=attempt.temperature)
 
 
 def _signal(attempt: Attempt, sig: int) -> None:

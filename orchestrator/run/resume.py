@@ -9,6 +9,7 @@ step N, optionally told something new.
 from __future__ import annotations
 
 import fcntl
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from orchestrator.errors import UsageError
 from orchestrator.policy.model import Policy
 from orchestrator.run.checkpoint import Continuation, RecordedStep, Replay, complete_steps, replay_until
 from orchestrator.run.config import RunConfig, check_out_dir, check_repo, new_run_id
-from orchestrator.run.record import ResumeRecord, RunRecord
+from orchestrator.run.record import AttemptOf, ResumeRecord, RunRecord
 from orchestrator.run.run_folder import read_run_folder
 
 LOCK_NAME = ".airlock.lock"  # held by the process running the run, so no second one resumes it meanwhile
@@ -50,11 +51,12 @@ class Recorded:
         recorded_repo = Path(str(self.run["repo"]))
         if repo is None and not recorded_repo.is_dir():
             raise UsageError(f"the run's repo no longer exists: {recorded_repo} (point to a copy with --repo PATH)")
-        verify = self.run.get("verify")
+        verify, attempt = self.run.get("verify"), self.run.get("attempt")
         return RunConfig(
             repo=check_repo(repo or recorded_repo), task=task or str(self.run["task"]), out=out, run_id=run_id, model=str(self.run["model"]),
             policy=Policy.from_record(self.run["policy"]), verify=verify.get("command") if isinstance(verify, dict) else None,
             backend=str(self.run.get("sandbox", {}).get("backend", "docker")),
+            attempt=AttemptOf.model_validate(attempt) if isinstance(attempt, dict) else None,  # its number and temperature go on
         )  # fmt: skip
 
     @property
@@ -68,6 +70,13 @@ class Recorded:
 
 def read_run(folder: Path) -> Recorded:
     """The run in `folder`; UsageError (one line) for anything that cannot be continued."""
+    if (folder / "run.json").is_file() and (folder / "attempts").is_dir():
+        try:
+            several = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("attempts") is not None
+        except (OSError, ValueError, AttributeError):
+            several = False
+        if several:  # the folder chose (or was choosing) among attempts: each is a run of its own
+            raise UsageError(f"{folder} holds several attempts: resume an unfinished one (airlock resume {folder / 'attempts' / 'N'}) or run them again")
     run, events = read_run_folder(folder, (), ("run_id", "repo", "task", "model"), "continued")
     start = next((event for event in events if event.get("type") == "run_start"), {})
     return Recorded(folder.resolve(), run, complete_steps(events), start)

@@ -4,15 +4,22 @@ the attempt number in their first message; the winner is chosen by the fresh-san
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from orchestrator.providers.scripted import Scripted, reply, text, tool_use
+from helpers import PROJECT, airlock, airlock_env
+
+from orchestrator.providers.scripted import Scripted, ScriptedModelServer, reply, text, tool_use
 
 FIXED, WRONG = "def multiply(a, b):\n    return a * b", "def multiply(a, b):\n    return a - b"
 BUGGY = "def multiply(a, b):\n    return a + b"
 VERIFY = "grep -q 'a \\* b' calculator.py"
+NOWHERE = "http://127.0.0.1:9"  # nothing listens: a model request would fail
 
 
 def edit(new: str) -> Scripted:
@@ -100,3 +107,59 @@ def test_stop_at_first_pass_ends_the_others_and_keeps_their_work(run_scripted, c
     for n in (2, 3):
         assert listed[n]["status"] == "interrupted" and listed[n]["stopped"] == "stopped: attempt 1 passed verify (--stop-at-first-pass)", listed[n]
         assert b"+started" in (result.out / "attempts" / str(n) / "patch.diff").read_bytes()  # the work up to the stop is kept
+
+
+def test_a_killed_run_of_attempts_leaves_its_record_and_each_attempt_resumes_as_itself(calculator_repo: Path, tmp_path: Path, docker_client) -> None:
+    """SIGKILL of the whole process group (the host's OOM killer, a kill of the session) while both attempts
+    wait for their first reply: run.json still says what was running; each attempt resumes with its number."""
+    out, asked, never = tmp_path / "out", {n: threading.Event() for n in (1, 2)}, threading.Event()
+
+    def hold(number: int) -> Any:
+        def answer(_request: dict[str, Any]) -> Scripted:
+            asked[number].set()
+            never.wait(60)  # everything is dead before this answers
+            return reply(text("too late"))
+
+        return [answer]
+
+    with ScriptedModelServer(by_attempt({1: hold(1), 2: hold(2)})) as api:
+        command = [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(calculator_repo),
+            "--task",
+            "Fix multiply.",
+            "--out",
+            str(out),
+            "--attempts",
+            "2",
+            "--pick",
+            "first",
+        ]
+        proc = subprocess.Popen(
+            command, env=airlock_env(api.base_url), cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            assert all(event.wait(120) for event in asked.values()), "the attempts never asked for their first step"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            never.set()
+    left = json.loads((out / "run.json").read_text())
+    assert left["status"] == "running" and [(a["number"], a["status"]) for a in left["attempts"]["attempts"]] == [(1, "running"), (2, "running")]
+    refused = airlock("resume", str(out), env=airlock_env(NOWHERE))
+    assert refused.returncode == 2 and "holds several attempts: resume an unfinished one" in refused.stderr and "Traceback" not in refused.stderr
+
+    with ScriptedModelServer([reply(text("done"))]) as again:
+        resumed = airlock("resume", str(out / "attempts" / "1"), env=airlock_env(again.base_url))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    first = again.requests[0]["messages"][0]["content"]
+    assert "attempt 1 of 2" in json.dumps(first)  # still told it is the first of two
+    assert json.loads((out / "attempts" / "1" / "run.json").read_text())["attempt"] == {"number": 1, "of": 2, "temperature": None}
+    for n in (1, 2):  # the killed attempts' sandboxes stopped with their lifelines; nothing of them stays
+        run_id = json.loads((out / "attempts" / str(n) / "run.json").read_text())["run_id"]
+        for box in docker_client.containers.list(all=True, filters={"label": f"airlock.run-id={run_id}"}):
+            box.wait(timeout=60)
+            box.remove(force=True)

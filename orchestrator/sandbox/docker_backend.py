@@ -428,7 +428,11 @@ class DockerBackend:
         removed = []
         for container in self.client.containers.list(all=True, filters={"label": sandbox_labels()}, ignore_removed=True):
             ours = everything or container.labels.get("airlock.run-id") in runs
-            if (ours or abandoned(container.attrs)) and _remove_container(container):
+            if not (ours or abandoned(container.attrs)):
+                continue
+            if ours and not everything and container.status == "running":  # its owner died, its lifeline closed: it is stopping
+                _wait_stopped(container)
+            if _remove_container(container):
                 removed.append(container.short_id)
         # Setup networks nobody uses any more (their run's containers are gone, or were removed above).
         remove_networks(self.client, [], unused_only=True, grace_s=CREATED_GRACE_S)
@@ -458,6 +462,15 @@ def abandoned(attrs: dict[str, Any], now: float | None = None) -> bool:
         created = parse_time(attrs.get("Created"))
         return created is not None and now - created > CREATED_GRACE_S
     return False
+
+
+def _wait_stopped(container: Container) -> None:
+    """Give a box whose owner died the moment it takes to stop by itself: removing a stopped box kills
+    nothing (see DockerBox.remove); one that does not stop in time is killed after all."""
+    try:
+        container.wait(timeout=STOP_GRACE_S, condition="not-running")
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        pass
 
 
 def _remove_container(container: Container) -> bool:

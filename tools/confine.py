@@ -113,6 +113,7 @@ def end_descendants(spare: int | None = None, within: float = 5.0) -> int:
     deadline = time.monotonic() + within
     pause = _FIRST_PAUSE_S
     while True:
+        _kill_our_uid()  # before reading /proc, which takes seconds while a fork bomb runs (measured under gVisor)
         table = _processes()
         tree = _ours(me, table)
         for pid in tree:
@@ -123,13 +124,16 @@ def end_descendants(spare: int | None = None, within: float = 5.0) -> int:
         unreaped = _sweep == "uid" and any(table[pid][0] != me and table[pid][1] == "Z" for pid in tree)
         if (not living and not unreaped) or time.monotonic() > deadline:
             return len(living)
-        # Every process of our uid but ours and init's, at once, so a fork bomb cannot outrun the sweep (never
-        # as root, which would reach every process it sees).
-        if _sweep == "uid" and os.getuid() != 0:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(-1, signal.SIGKILL)
         for pid in living:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(pause)  # SIGKILL is delivered asynchronously: give the kernel a moment
         pause = min(pause * 2, _MAX_PAUSE_S)
+
+
+def _kill_our_uid() -> None:
+    """Sweeping by uid, SIGKILL every process of our uid but ours and init's in one call, so a fork bomb cannot
+    outrun the sweep (never as root, which would reach every process it sees)."""
+    if _sweep == "uid" and os.getuid() != 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # ESRCH: nothing of ours is left
+            os.kill(-1, signal.SIGKILL)

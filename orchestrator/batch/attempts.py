@@ -38,7 +38,7 @@ from orchestrator.batch.interrupts import counted_interrupts
 from orchestrator.batch.job import ATTEMPTS_DIR, LOG_NAME, read_record
 from orchestrator.batch.launcher import RunProcess, launch
 from orchestrator.conversation import Usage
-from orchestrator.policy.guard import PolicyGuard
+from orchestrator.policy.guard import PolicyGuard, read_stop_request, request_stop
 from orchestrator.run.record import AGENT_STOPS, AttemptsRecord, AttemptSummary, PatchRecord, RunRecord
 from orchestrator.sizes import plural
 from orchestrator.terminal import safe
@@ -235,13 +235,9 @@ class Attempts:
 
     def _apply_batch_stop(self) -> None:
         """The batch asked this task to stop (its budget is spent): so are its attempts."""
-        if self.stopping or self.batch.stop_file is None:
+        if self.stopping or self.batch.stop_file is None or not self.batch.stop_file.exists():
             return
-        try:
-            reason = self.batch.stop_file.read_text(encoding="utf-8").strip()
-        except OSError:
-            return
-        self._stop_after_step(reason or "the batch asked the task to stop")
+        self._stop_after_step(read_stop_request(self.batch.stop_file) or "the batch asked the task to stop")
 
     def _stop_after_step(self, why: str) -> None:
         self.stopping = why
@@ -249,9 +245,7 @@ class Attempts:
         for attempt in self.attempts:
             if attempt.state == "running":
                 attempt.stopped = f"stopped: {why}"
-                path = self._stop_file(attempt)
-                path.with_suffix(".tmp").write_text(why, encoding="utf-8")
-                path.with_suffix(".tmp").replace(path)  # the run never reads a half-written reason
+                request_stop(self._stop_file(attempt), why)
 
     def _stop_file(self, attempt: Attempt) -> Path:
         return self.coordination / f"{attempt.number}.stop"

@@ -23,6 +23,7 @@ from orchestrator.batch.launcher import RunProcess, launch
 from orchestrator.batch.placement import ENGINE_LOST, Engine
 from orchestrator.batch.tasks import BatchTask
 from orchestrator.conversation import Usage
+from orchestrator.policy.guard import request_stop
 from orchestrator.policy.pricing import cost_usd
 from orchestrator.run.record import succeeded
 from orchestrator.sizes import human_size
@@ -140,10 +141,7 @@ class Job:
 
     def request_stop(self, coordination: Path, reason: str) -> None:
         """Ask the run to stop after its current step (it checks between steps)."""
-        path = self.stop_file(coordination)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(reason, encoding="utf-8")
-        os.replace(tmp, path)  # the run never reads a half-written reason
+        request_stop(self.stop_file(coordination), reason)
 
     def interrupt(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -86,7 +86,7 @@ class PolicyGuard:
         A batch's total cost budget spans processes, so its scheduler says "stop" by creating the stop
         file (holding the reason); this run then stops like on its own budget."""
         if self.stop_file is not None and self.stop_file.exists():
-            batch_reason = _read_reason(self.stop_file) or "the batch reached its total cost budget (--max-total-cost)"
+            batch_reason = read_stop_request(self.stop_file) or "the batch reached its total cost budget (--max-total-cost)"
             self.record("batch.max_total_cost", batch_reason)
             return batch_reason
         budget = self.policy.budget
@@ -115,7 +115,15 @@ class PolicyGuard:
         return None
 
 
-def _read_reason(path: Path) -> str:
+def request_stop(path: Path, reason: str) -> None:
+    """Ask the run whose stop file is `path` to stop after its current step (its guard checks between steps)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(reason, encoding="utf-8")
+    tmp.replace(path)  # the run never reads a half-written reason
+
+
+def read_stop_request(path: Path) -> str:
+    """The reason written by request_stop ("" when there is none to read)."""
     try:
         return path.read_text(encoding="utf-8", errors="replace").strip()[:500]
     except OSError:

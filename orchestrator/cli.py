@@ -51,7 +51,6 @@ app.add_typer(env_app, name="env")
 # Not a terminal and no COLUMNS (a CI log): lay out this wide, so no table or help text is cropped, and
 # never wrap lines. On a terminal, or with COLUMNS set, that width is used.
 LOG_WIDTH = 200
-os.environ.setdefault("TERMINAL_WIDTH", str(LOG_WIDTH) if not (sys.stdout.isatty() or os.environ.get("COLUMNS")) else "")
 
 
 class _UntilClosed(io.TextIOBase):
@@ -99,6 +98,15 @@ def _console(stream: TextIO) -> Console:
 
 console = _console(sys.stdout)
 err_console = _console(sys.stderr)
+
+
+def _lay_out() -> None:
+    """Choose the layout for this process's stdout, stderr and COLUMNS as it starts, not as this module is
+    imported: a run forked from a launcher (orchestrator.batch.launcher) imported it under another's."""
+    global console, err_console
+    os.environ.setdefault("TERMINAL_WIDTH", str(LOG_WIDTH) if not (sys.stdout.isatty() or os.environ.get("COLUMNS")) else "")
+    console = _console(sys.stdout)
+    err_console = _console(sys.stderr)
 
 
 def _help_without_command(ctx: typer.Context) -> None:
@@ -662,6 +670,7 @@ def show(
 
 def main() -> None:
     """Console entry point: Typer/Click usage errors and our own errors become one line on stderr."""
+    _lay_out()
     try:
         code = app(prog_name="airlock", standalone_mode=False)
     except typer.TyperException as exc:  # Click's usage errors (unknown option, bad type, missing argument)

@@ -7,11 +7,12 @@ import multiprocessing
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from orchestrator.batch.launcher import become_cli
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Every sandbox this test session makes carries this owner label, so the leak check sees only its own,
@@ -48,20 +49,18 @@ def airlock_env(base_url: str | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def airlock(*args: str, env: dict[str, str] | None = None, timeout: float = 300, fresh: bool = False) -> subprocess.CompletedProcess[str]:
+def airlock(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Invoke the real CLI (`airlock ARGS`, its entry point `orchestrator.cli:main`) in a process of its own.
 
-    The process is forked from a server that imported airlock and the model SDKs once (cli_preload.py), as
+    The process is forked from a server that imported airlock and the model SDKs once (orchestrator/batch/preload.py), as
     `airlock batch` starts its runs (orchestrator.batch.launcher): importing the SDKs is most of a small run's
-    CPU, and the suite is CPU-bound. `fresh`: a new interpreter, `python -m orchestrator ARGS`, as a shell starts it."""
+    CPU, and the suite is CPU-bound."""
     env = env or airlock_env()
-    if fresh:
-        return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=PROJECT)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["cli_preload"])
+    context.set_forkserver_preload(["orchestrator.batch.preload"])
     with tempfile.TemporaryDirectory(prefix="airlock-cli-") as streams:
         stdout, stderr = Path(streams, "stdout"), Path(streams, "stderr")
-        process = context.Process(target=_cli_process, args=(list(args), env, str(stdout), str(stderr)), name="airlock")
+        process = context.Process(target=become_cli, args=(list(args), env, str(stdout), str(stderr), str(PROJECT)), name="airlock")
         process.start()
         process.join(timeout)
         if process.exitcode is None:
@@ -70,21 +69,6 @@ def airlock(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
             raise subprocess.TimeoutExpired(["airlock", *args], timeout)
         read = lambda path: path.read_text(errors="replace") if path.exists() else ""  # noqa: E731
         return subprocess.CompletedProcess(["airlock", *args], process.exitcode, read(stdout), read(stderr))
-
-
-def _cli_process(args: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
-    """In the forked process: become `airlock ARGS` started by a shell, with nothing of the test's process."""
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(PROJECT)
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, os.O_WRONLY | os.O_CREAT), (2, stderr, os.O_WRONLY | os.O_CREAT)):
-        opened = os.open(path, flags, 0o600)
-        os.dup2(opened, fd)
-        os.close(opened)
-    sys.argv = ["airlock", *args]
-    from orchestrator.cli import main
-
-    main()
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[str, int | None, bytes]]:

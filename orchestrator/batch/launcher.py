@@ -70,7 +70,7 @@ class ForkedRun:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["orchestrator.batch.preload"])
-        self._process = context.Process(target=_run, args=(args, env, str(log)), name="airlock-run", daemon=False)
+        self._process = context.Process(target=become_cli, args=(args, env, str(log)), name="airlock-run", daemon=False)
         self._process.start()
         assert self._process.pid is not None
         self.pid: int = self._process.pid
@@ -97,17 +97,21 @@ class ForkedRun:
         return self._process.exitcode
 
 
-def _run(args: list[str], env: dict[str, str], log: str) -> None:
-    """In the forked process: become `airlock ARGS` as a fresh interpreter would be."""
+def become_cli(args: list[str], env: dict[str, str], stdout: str, stderr: str | None = None, cwd: str | None = None) -> None:
+    """In a forked process: become `airlock ARGS` as a new interpreter started by a shell would be, with `env`
+    and nothing of the launcher's, stdin closed, stdout appended to one file and stderr to another (by default
+    the same), in `cwd` if given."""
     os.environ.clear()
     os.environ.update(env)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for target in (1, 2):
-        os.dup2(fd, target)
-    os.close(fd)
+    if cwd is not None:
+        os.chdir(cwd)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    for target, path in ((1, stdout), (2, stderr or stdout)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, target)
+        os.close(fd)
     sys.argv = ["airlock", *args]
     module, _, function = ENTRY.partition(":")
     getattr(importlib.import_module(module), function)()

@@ -205,11 +205,12 @@ def test_an_ssh_engine_without_paramiko_says_how_to_install_it(calculator_repo: 
 
 def test_help_is_laid_out_for_a_log_when_stdout_is_not_a_terminal() -> None:
     """Captured (a CI log) and without COLUMNS: wide, nothing cut short with an ellipsis; COLUMNS is still obeyed.
-    The layout is chosen as the CLI is imported, so each is a fresh interpreter."""
+    Each call is forked from a server that imported the CLI under another environment: the layout is the
+    process's own, chosen as it starts."""
     env = {key: value for key, value in airlock_env().items() if key not in ("COLUMNS", "TERMINAL_WIDTH")}
     for command in (["--help"], ["run", "--help"], ["batch", "--help"], ["replay", "--help"], ["review", "--help"]):
-        shown = airlock(*command, env=env, fresh=True)
+        shown = airlock(*command, env=env)
         assert shown.returncode == 0 and "…" not in shown.stdout, shown.stdout
         assert "ANTHROPIC_API_KEY or OPENAI_API_KEY" in shown.stdout or command != ["batch", "--help"]
-    narrow = airlock("batch", "--help", env={**env, "COLUMNS": "60"}, fresh=True)
+    narrow = airlock("batch", "--help", env={**env, "COLUMNS": "60"})
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 60

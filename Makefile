@@ -29,7 +29,7 @@ test-deps:
 # The suite runs in TEST_WORKERS pytest-xdist workers (1: in this process alone), whole modules each: their
 # module-scoped fixtures (a package index, a second engine) are made once. Each worker is its own test
 # session with its own owner label, so the check that nothing is left behind stays exact. Measured on 2
-# cores: 1 worker 17 min, 3 workers 8:31 to 9:49 (7:18 to 7:46 before the tests of --attempts), 4 workers 11 (the heavy tests then contend for the CPU).
+# cores: 1 worker 17 min, 3 workers 7:13 in a fresh clone (8:31 to 9:49 before the CLI calls forked from a preloaded server), 4 workers 11 (the heavy tests then contend for the CPU).
 TEST_WORKERS ?= 3
 test: setup test-deps
 	$(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
